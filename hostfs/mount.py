@@ -1,0 +1,97 @@
+"""The guest's mount table: which host directory (or file) answers for which guest path.
+
+A mount is a guest path bound to a host object held open by the supervisor
+(an O_PATH descriptor), so the host path it came from can move or be replaced
+without the guest noticing. Guest paths are kept as tuples of byte components,
+which makes "is this a mount point" a dict lookup during the walk.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+
+
+class MountError(Exception):
+    """A mount that cannot be made; str() is one line naming the problem and the fix."""
+
+
+def split(path: bytes) -> tuple[bytes, ...]:
+    return tuple(c for c in path.split(b"/") if c and c != b".")
+
+
+def join(comps) -> bytes:
+    return b"/" + b"/".join(comps)
+
+
+@dataclass(eq=False)
+class Mount:
+    guest: tuple[bytes, ...]        # mount point, as components
+    host: bytes                     # host path it was made from (for messages and reverse lookups)
+    readonly: bool
+    kind: str = "bind"              # bind, tmpfs, devfs
+    fd: int = -1                    # O_PATH descriptor of the host directory or file
+    is_dir: bool = True
+    parent_fd: int = -1             # for a file mount: its host directory, and its name there
+    name: bytes = b"."
+    st_dev: int = field(default=0)
+
+    def open(self) -> None:
+        try:
+            self.fd = os.open(self.host, os.O_PATH | os.O_CLOEXEC)
+            st = os.fstat(self.fd)
+        except OSError as e:
+            raise MountError(f"cannot mount {self.host.decode(errors='replace')} at "
+                             f"{join(self.guest).decode(errors='replace')}: {e.strerror}; "
+                             "check that the host path exists and is readable") from None
+        self.is_dir = stat.S_ISDIR(st.st_mode)
+        self.st_dev = st.st_dev
+        if not self.is_dir:
+            head, self.name = os.path.split(self.host)
+            self.parent_fd = os.open(head or b"/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            self.parent_fd, self.name = self.fd, b"."
+
+
+class MountTable:
+    def __init__(self):
+        self.by_point: dict[tuple[bytes, ...], Mount] = {}
+
+    def add(self, guest: bytes, host: bytes, readonly: bool = False, kind: str = "bind") -> Mount:
+        m = Mount(split(guest), os.path.realpath(host), readonly, kind)
+        m.open()
+        old = self.by_point.pop(m.guest, None)
+        if old is not None:
+            os.close(old.fd)
+        self.by_point[m.guest] = m
+        return m
+
+    @property
+    def root(self) -> Mount:
+        return self.by_point[()]
+
+    def at(self, comps: tuple[bytes, ...]) -> Mount | None:
+        """The mount whose mount point is exactly comps."""
+        return self.by_point.get(comps)
+
+    def containing(self, comps: tuple[bytes, ...]) -> Mount:
+        """The innermost mount holding the guest path comps."""
+        for i in range(len(comps), -1, -1):
+            m = self.by_point.get(comps[:i])
+            if m is not None:
+                return m
+        raise KeyError(comps)
+
+    def guest_path_of(self, host: bytes) -> tuple[bytes, ...] | None:
+        """Reverse lookup: the guest path of a host path (as /proc/PID/fd shows it),
+        through the mount with the longest matching host prefix; None if outside all."""
+        best = None
+        for m in self.by_point.values():
+            prefix = m.host.rstrip(b"/") + b"/"
+            if host == m.host or host.startswith(prefix) or m.host == b"/":
+                if best is None or len(m.host) > len(best.host):
+                    best = m
+        if best is None:
+            return None
+        rest = host[len(best.host):] if best.host != b"/" else host
+        return best.guest + split(rest)

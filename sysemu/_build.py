@@ -1,0 +1,75 @@
+"""cffi API-mode builder for sysemu._sysemu: the C half of the interception platform.
+
+What lives in C is what runs on every trap or must not run Python: the event
+wait (poll on the seccomp listener and a SIGCHLD signalfd, then waitpid), the
+seccomp-notify ioctls, ptrace requests, guest memory copies and the child's
+pre-exec set-up (once the filter is loaded the child may only make the few
+syscalls the filter allows natively, so that part cannot be Python).
+"""
+import pathlib
+
+from cffi import FFI
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+CDEF = """
+struct sysemu_notif {
+    uint64_t id;
+    uint32_t pid;
+    int32_t nr;
+    uint32_t arch;
+    uint64_t ip;
+    uint64_t args[6];
+};
+
+struct sysemu_event {
+    int kind;            /* 1 = notification, 2 = ptrace stop / exit (waitpid status) */
+    int pid;
+    int status;
+    struct sysemu_notif n;
+};
+
+struct user_regs_struct {
+    unsigned long r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi,
+        orig_rax, rip, cs, eflags, rsp, ss, fs_base, gs_base, ds, es, fs, gs;
+};
+
+int sysemu_sigchld_fd(void);
+int sysemu_wait(int notify_fd, int sig_fd, struct sysemu_event *ev);
+int sysemu_notify_set_sync(int notify_fd);
+int sysemu_respond(int notify_fd, uint64_t id, int64_t val, int error, uint32_t flags);
+int sysemu_addfd(int notify_fd, uint64_t id, int srcfd, uint32_t newfd_flags, int send);
+int sysemu_id_valid(int notify_fd, uint64_t id);
+
+long sysemu_read(int pid, uint64_t addr, void *buf, size_t len);
+long sysemu_write(int pid, uint64_t addr, const void *buf, size_t len);
+long sysemu_read_string(int pid, uint64_t addr, char *buf, size_t max);
+
+long sysemu_seize(int pid, long options);
+long sysemu_cont(int pid, int request, int sig);
+long sysemu_getregs(int pid, struct user_regs_struct *regs);
+long sysemu_setregs(int pid, struct user_regs_struct *regs);
+long sysemu_geteventmsg(int pid, unsigned long *msg);
+long sysemu_getsiginfo(int pid, void *buf);
+
+int sysemu_pidfd_open(int pid);
+int sysemu_pidfd_getfd(int pidfd, int fd);
+long sysemu_fstatat(int dirfd, const char *path, void *buf, int flags);
+long sysemu_statx(int dirfd, const char *path, int flags, unsigned int mask, void *buf);
+long sysemu_syscall6(long nr, long a, long b, long c, long d, long e, long f);
+
+int sysemu_child_exec(const char *path, char *const argv[], char *const envp[],
+                      int gate_fd, int sock_fd, const void *bpf, int bpf_len,
+                      int drop_uid, int drop_gid, const char *cwd);
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "sysemu._sysemu",
+    (HERE / "sysemu.c").read_text(),
+    extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

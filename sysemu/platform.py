@@ -1,0 +1,211 @@
+"""The interception platform: a guest under ptrace and seccomp user-notify at once.
+
+One supervisor thread is both the ptrace tracer and the seccomp listener; it
+waits for either kind of trap in one poll() (in C, sysemu.c). Most trapped
+calls arrive as user-notify (answered with a value, an errno, or a host
+descriptor installed by SECCOMP_IOCTL_NOTIF_ADDFD in the same round trip);
+calls that need the guest's registers or memory changed (execve) arrive as
+ptrace seccomp stops. The listener is put in synchronous wake-up mode, so a
+trap wakes the supervisor on the trapping CPU and the answer wakes the guest on
+the supervisor's: no cross-CPU wake-up per trap, while guests still run on
+every core.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+
+from sysemu._sysemu import ffi, lib
+
+PTRACE_CONT, PTRACE_SYSCALL, PTRACE_LISTEN, PTRACE_SYSEMU = 7, 24, 0x4208, 31
+PTRACE_INTERRUPT = 0x4207
+PTRACE_O_TRACESYSGOOD, PTRACE_O_TRACEFORK, PTRACE_O_TRACEVFORK = 1, 2, 4
+PTRACE_O_TRACECLONE, PTRACE_O_TRACEEXEC, PTRACE_O_TRACESECCOMP = 8, 0x10, 0x80
+PTRACE_O_EXITKILL = 0x100000
+EVENT_FORK, EVENT_VFORK, EVENT_CLONE, EVENT_EXEC, EVENT_SECCOMP, EVENT_STOP = 1, 2, 3, 4, 7, 128
+USER_NOTIF_FLAG_CONTINUE = 1
+NOTIFY, WAIT = 1, 2
+
+OPTIONS = (PTRACE_O_EXITKILL | PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK
+           | PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESECCOMP)
+
+# Signals the supervisor may have ignored; the guest starts with them at default.
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP,
+                  signal.SIGTTOU, signal.SIGTTIN, signal.SIGHUP, signal.SIGTERM)
+
+
+class GuestFault(Exception):
+    """A guest pointer or pid the host refused: carries the errno for the guest."""
+
+    def __init__(self, err: int):
+        super().__init__(os.strerror(err))
+        self.errno = err
+
+
+class Platform:
+    def __init__(self, bpf: bytes):
+        self.bpf = bpf
+        self.notify_fd = -1
+        self.sig_fd = lib.sysemu_sigchld_fd()
+        if self.sig_fd < 0:
+            raise OSError(-self.sig_fd, "signalfd")
+        self.sync_wakeup = False
+        self._ev = ffi.new("struct sysemu_event *")
+        self._strbuf = ffi.new("char[4097]")
+        self._regs = ffi.new("struct user_regs_struct *")
+
+    # ---- starting the guest ------------------------------------------------
+
+    def spawn(self, path: bytes, argv: list[bytes], envp: list[bytes], *, cwd: bytes,
+              drop_uid: int = -1, drop_gid: int = -1, tty_fd: int | None = None) -> int:
+        """Fork the guest's first process; it execs `path` (a guest path) once seized."""
+        keep = [ffi.new("char[]", a) for a in argv], [ffi.new("char[]", e) for e in envp]
+        c_argv = ffi.new("char *[]", keep[0] + [ffi.NULL])
+        c_envp = ffi.new("char *[]", keep[1] + [ffi.NULL])
+        c_path, c_cwd = ffi.new("char[]", path), ffi.new("char[]", cwd)
+        bpf = ffi.from_buffer(self.bpf)
+        gate_r, gate_w = os.pipe()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:  # the child: nothing but C from here on
+            try:
+                os.close(gate_w)
+                ours.close()
+                for sig in _RESET_SIGNALS:
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, [])
+                lib.sysemu_child_exec(c_path, c_argv, c_envp, gate_r, theirs.fileno(), bpf, len(self.bpf),
+                                      drop_uid, drop_gid, c_cwd)
+            finally:
+                os._exit(126)
+        os.close(gate_r)
+        theirs.close()
+        try:
+            os.setpgid(pid, pid)  # its own process group: a guest kill(0, ...) never reaches us
+            if tty_fd is not None:
+                os.tcsetpgrp(tty_fd, pid)
+        except OSError:
+            pass
+        r = lib.sysemu_seize(pid, OPTIONS)
+        if r < 0:
+            os.kill(pid, signal.SIGKILL)
+            raise OSError(-r, f"cannot trace the guest ({os.strerror(-r)}); is ptrace allowed here?")
+        os.write(gate_w, b"g")
+        os.close(gate_w)
+        num = ours.recv(4)
+        fds = []
+        if len(num) == 4:
+            pidfd = pidfd_open(pid)
+            fds = [pidfd_getfd(pidfd, int.from_bytes(num, "little"))]
+            os.close(pidfd)
+            ours.send(b"k")
+        ours.close()
+        if not fds:
+            _, status = os.waitpid(pid, 0)
+            raise OSError(errno.EPERM, "the guest could not load its seccomp filter "
+                          f"(status {status:#x}); this kernel must allow seccomp user-notify")
+        self.notify_fd = fds[0]
+        self.sync_wakeup = lib.sysemu_notify_set_sync(self.notify_fd) == 0
+        return pid
+
+    # ---- the event wait -----------------------------------------------------
+
+    def wait(self):
+        """Next trap as (NOTIFY, notif) or (WAIT, (pid, status)); None when no guest is left."""
+        ev = self._ev
+        while True:
+            r = lib.sysemu_wait(self.notify_fd, self.sig_fd, ev)
+            if r != -errno.EINTR:  # (after an EINTR, Python has run its signal handlers)
+                break
+        if r == 0:
+            return None
+        if r < 0:
+            raise OSError(-r, "waiting for guest events")
+        if ev.kind == NOTIFY:
+            return NOTIFY, ev.n
+        return WAIT, (ev.pid, ev.status)
+
+    # ---- answering a notification -----------------------------------------------
+
+    def respond(self, notif_id: int, value: int) -> None:
+        """value >= 0 is the result; value < 0 is -errno."""
+        if value < 0:
+            lib.sysemu_respond(self.notify_fd, notif_id, 0, value, 0)
+        else:
+            lib.sysemu_respond(self.notify_fd, notif_id, value, 0, 0)
+
+    def respond_continue(self, notif_id: int) -> None:
+        """Let the kernel run the call as the guest made it (only for calls whose
+        arguments are plain integers: nothing in guest memory can change under us)."""
+        lib.sysemu_respond(self.notify_fd, notif_id, 0, 0, USER_NOTIF_FLAG_CONTINUE)
+
+    def install_fd(self, notif_id: int, hostfd: int, cloexec: bool, send: bool = True) -> int:
+        """Install hostfd in the guest; with send, it is also the call's result
+        (one round trip). Returns the guest fd number or -errno."""
+        return lib.sysemu_addfd(self.notify_fd, notif_id, hostfd, os.O_CLOEXEC if cloexec else 0, int(send))
+
+    def still_valid(self, notif_id: int) -> bool:
+        return lib.sysemu_id_valid(self.notify_fd, notif_id) == 0
+
+    # ---- guest memory -------------------------------------------------------
+
+    def read(self, pid: int, addr: int, size: int) -> bytes:
+        if size == 0:
+            return b""
+        buf = ffi.new("char[]", size)
+        r = lib.sysemu_read(pid, addr, buf, size)
+        if r < 0:
+            raise GuestFault(-r)
+        return ffi.unpack(buf, size)
+
+    def write(self, pid: int, addr: int, data: bytes) -> None:
+        if data and lib.sysemu_write(pid, addr, data, len(data)) < 0:
+            raise GuestFault(errno.EFAULT)
+
+    def read_string(self, pid: int, addr: int, limit: int = 4096) -> bytes:
+        """A NUL-terminated string of at most limit-1 bytes (EFAULT / ENAMETOOLONG)."""
+        if addr == 0:
+            raise GuestFault(errno.EFAULT)
+        r = lib.sysemu_read_string(pid, addr, self._strbuf, limit)
+        if r < 0:
+            raise GuestFault(-r)
+        return ffi.unpack(self._strbuf, r)
+
+    # ---- ptrace ---------------------------------------------------------------
+
+    def resume(self, pid: int, sig: int = 0, request: int = PTRACE_CONT) -> None:
+        lib.sysemu_cont(pid, request, sig)
+
+    def getregs(self, pid: int):
+        regs = ffi.new("struct user_regs_struct *")
+        r = lib.sysemu_getregs(pid, regs)
+        if r < 0:
+            raise GuestFault(-r)
+        return regs
+
+    def setregs(self, pid: int, regs) -> None:
+        lib.sysemu_setregs(pid, regs)
+
+    def eventmsg(self, pid: int) -> int:
+        msg = ffi.new("unsigned long *")
+        lib.sysemu_geteventmsg(pid, msg)
+        return msg[0]
+
+
+def pidfd_open(pid: int) -> int:
+    r = lib.sysemu_pidfd_open(pid)
+    if r < 0:
+        raise GuestFault(-r)
+    return r
+
+
+def pidfd_getfd(pidfd: int, fd: int) -> int:
+    """A copy of the guest's descriptor `fd` (EBADF when it has none)."""
+    if fd < 0 or fd > 0x7FFFFFFF:
+        raise GuestFault(errno.EBADF)
+    r = lib.sysemu_pidfd_getfd(pidfd, fd)
+    if r < 0:
+        raise GuestFault(errno.EBADF if r == -errno.EBADF else -r)
+    return r

@@ -1,0 +1,5 @@
+import sys
+
+from umlrun.cli import main
+
+sys.exit(main())

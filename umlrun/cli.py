@@ -1,0 +1,99 @@
+"""The umlrun command line: run, rootfs, syscalls."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+RUN_USAGE = ("umlrun run [-r ROOTFS] [-b HOST[:GUEST[:ro]]]... [-w CWD] [-e K=V]... [--hostname H] "
+             "[--rw] [--trace-all] [--trace FILE] -- CMD [ARGS]")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but every mistake is one line naming the problem and the fix."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"umlrun: {message}; see '{self.prog} --help'\n")
+        sys.exit(2)
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="umlrun", description="Run Linux programs under a guest kernel written in Python.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    r = sub.add_parser("run", usage=RUN_USAGE, help="run a command in a jail",
+                       description="Run CMD under umlrun's guest kernel. Without -r the guest sees the "
+                                   "host's / read-only, with a private writable /tmp.")
+    r.add_argument("-r", "--rootfs", help="root filesystem: a directory or a cached name (busybox)")
+    r.add_argument("-b", "--bind", action="append", default=[], metavar="HOST[:GUEST[:ro]]",
+                   help="bind-mount a host directory or file into the guest")
+    r.add_argument("-w", "--cwd", help="working directory in the guest")
+    r.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
+    r.add_argument("--hostname", default="umlrun", help="the jail's host name (uname -n)")
+    r.add_argument("--rw", action="store_true", help="let the guest write into the rootfs itself")
+    r.add_argument("--trace-all", action="store_true",
+                   help="trap every syscall with PTRACE_SYSEMU (UML's classic mode; slow, for teaching)")
+    r.add_argument("--trace", metavar="FILE", help="write one line per trapped syscall to FILE (- for stderr)")
+    r.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments (after --)")
+    fs = sub.add_parser("rootfs", help="build and list root filesystems")
+    from rootfs.cli import add_commands
+    add_commands(fs)
+    s = sub.add_parser("syscalls", help="print the syscall table (or write docs/syscalls.md)")
+    s.add_argument("--markdown", action="store_true", help="as the Markdown compatibility table")
+    return p
+
+
+def cmd_run(args) -> int:
+    from umlrun.jail import Bind, JailConfig, JailError, run_jail
+
+    argv = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not argv:
+        sys.stderr.write("umlrun: no command given; usage: " + RUN_USAGE + "\n")
+        return 2
+    try:
+        rootfs = None
+        if args.rootfs is not None:
+            import rootfs as rootfs_pkg
+            rootfs = str(rootfs_pkg.resolve(args.rootfs))
+        env = {}
+        for item in args.env:
+            name, eq, value = item.partition("=")
+            if not name:
+                raise JailError(f"malformed -e '{item}': use -e NAME=VALUE")
+            if eq:
+                env[name] = value
+            else:
+                import os
+                if name in os.environ:
+                    env[name] = os.environ[name]
+        cfg = JailConfig(argv=argv, rootfs=rootfs, binds=[Bind.parse(b) for b in args.bind], cwd=args.cwd,
+                         env=env, hostname=args.hostname, rw=args.rw, trap_all=args.trace_all,
+                         trace_file=args.trace)
+        return run_jail(cfg)
+    except JailError as e:
+        sys.stderr.write(f"umlrun: {e}\n")
+        return 127 if "command not found" in str(e) else 1
+    except Exception as e:  # rootfs errors and host refusals: still one line
+        from rootfs import RootfsError
+        if isinstance(e, (RootfsError, OSError)):
+            sys.stderr.write(f"umlrun: {e}\n")
+            return 1
+        raise
+
+
+def cmd_syscalls(args) -> int:
+    from umlrun.compat import render
+    sys.stdout.write(render(markdown=args.markdown))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "rootfs":
+        from rootfs.cli import run
+        return run(args)
+    return cmd_syscalls(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

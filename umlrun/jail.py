@@ -1,0 +1,227 @@
+"""Jail: everything `umlrun run` needs before the guest starts, and the clean-up after.
+
+It builds the guest's mount table (rootfs, binds, a private /tmp and /run, a
+minimal /dev), finds the command in the guest, starts the Kernel and returns
+the guest's exit status. The host directories it makes live in one runtime
+directory that is removed when the jail ends.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+from hostfs.mount import MountError, MountTable, split
+from hostfs.pathwalk import WalkError
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+NOBODY = 65534
+
+
+class JailError(Exception):
+    """A jail that cannot start; str() is one line naming the problem and the fix."""
+
+
+@dataclass
+class Bind:
+    host: str
+    guest: str
+    readonly: bool = False
+
+    @classmethod
+    def parse(cls, spec: str) -> "Bind":
+        parts = spec.split(":")
+        if not parts[0] or len(parts) > 3 or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+            raise JailError(f"malformed bind '{spec}': use -b HOST[:GUEST[:ro]]")
+        host = parts[0]
+        guest = parts[1] if len(parts) > 1 and parts[1] else host
+        if not guest.startswith("/"):
+            raise JailError(f"malformed bind '{spec}': the guest path must be absolute")
+        if not os.path.exists(host):
+            raise JailError(f"bind source '{host}' does not exist; create it or fix the -b option")
+        if not os.access(host, os.R_OK):
+            raise JailError(f"bind source '{host}' is not readable; check its permissions")
+        return cls(os.path.abspath(host), guest, len(parts) == 3 and parts[2] == "ro")
+
+
+@dataclass
+class JailConfig:
+    argv: list[str]
+    rootfs: str | None = None            # None: the embedded default (the host's / read-only)
+    binds: list[Bind] = field(default_factory=list)
+    cwd: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    hostname: str = "umlrun"
+    rw: bool = False
+    trap_all: bool = False
+    trace_file: str | None = None
+
+
+class Jail:
+    def __init__(self, cfg: JailConfig):
+        self.cfg = cfg
+        self.runtime = tempfile.mkdtemp(prefix="umlrun-")
+        self.mounts = MountTable()
+
+    # ---- the guest's filesystem -----------------------------------------------------
+
+    def _dir(self, name: str, mode: int) -> bytes:
+        path = os.path.join(self.runtime, name)
+        os.mkdir(path)
+        os.chmod(path, mode)
+        return path.encode()
+
+    def build_mounts(self) -> None:
+        cfg, mt = self.cfg, self.mounts
+        if cfg.rootfs is None:
+            mt.add(b"/", b"/", readonly=True)
+            empty = self._dir("empty", 0o555)
+            # Host state a guest must not see: other processes, kernel tunables.
+            for masked in (b"/proc", b"/sys"):
+                mt.add(masked, empty, readonly=True, kind="masked")
+        else:
+            if not os.path.isdir(cfg.rootfs):
+                raise JailError(f"rootfs '{cfg.rootfs}' is not a directory; "
+                                "build one with: umlrun rootfs build busybox")
+            mt.add(b"/", cfg.rootfs.encode(), readonly=not cfg.rw)
+        # Private, writable, gone with the jail. /run also hides the host's sockets.
+        mt.add(b"/tmp", self._dir("tmp", 0o1777), kind="tmpfs")
+        mt.add(b"/run", self._dir("run", 0o755), kind="tmpfs")
+        self._build_dev()
+        for b in cfg.binds:
+            mt.add(b.guest.encode(), b.host.encode(), readonly=b.readonly)
+
+    def _build_dev(self) -> None:
+        dev = self._dir("dev", 0o755)
+        for name in DEVICES:
+            open(os.path.join(dev, name.encode()), "wb").close()
+        for name, target in ((b"fd", b"/proc/self/fd"), (b"stdin", b"/proc/self/fd/0"),
+                             (b"stdout", b"/proc/self/fd/1"), (b"stderr", b"/proc/self/fd/2")):
+            os.symlink(target, os.path.join(dev, name))
+        os.mkdir(os.path.join(dev, b"pts"))
+        self.mounts.add(b"/dev", dev, kind="devfs")
+        self.mounts.add(b"/dev/shm", self._dir("shm", 0o1777), kind="tmpfs")
+        for name in DEVICES:
+            if os.path.exists(f"/dev/{name}"):
+                self.mounts.add(b"/dev/" + name.encode(), b"/dev/" + name.encode(), kind="devfs")
+
+    # ---- the command -------------------------------------------------------------
+
+    def environment(self) -> dict[str, str]:
+        env = {"PATH": DEFAULT_PATH, "HOME": "/root", "USER": "root", "LOGNAME": "root",
+               "HOSTNAME": self.cfg.hostname}
+        for name in ("TERM", "LANG", "LC_ALL", "COLORTERM"):
+            if name in os.environ:
+                env[name] = os.environ[name]
+        env.update(self.cfg.env)
+        return env
+
+    def guest_cwd(self) -> tuple:
+        cwd = self.cfg.cwd
+        if cwd is None:
+            cwd = os.getcwd() if self.cfg.rootfs is None else "/"
+            if not self._is_dir(cwd.encode()):
+                cwd = "/"
+        elif not self._is_dir(cwd.encode()):
+            raise JailError(f"working directory '{cwd}' does not exist in the guest; fix -w")
+        return split(cwd.encode())
+
+    def _is_dir(self, path: bytes, base: tuple = ()) -> bool:
+        try:
+            with self.kernel.vfs.walk(path, base=base) as d:
+                return stat.S_ISDIR(d.st.st_mode)
+        except WalkError:
+            return False
+
+    def find_command(self, name: str, env: dict, cwd: tuple) -> bytes:
+        """The guest path of the command (searched in the guest's PATH), as execvp would."""
+        if "/" in name:
+            candidates = [name.encode()]
+        else:
+            candidates = [os.path.join(d or ".", name).encode() for d in env.get("PATH", "").split(":")]
+        for cand in candidates:
+            try:
+                with self.kernel.vfs.walk(cand, base=cwd) as d:
+                    if stat.S_ISREG(d.st.st_mode) and d.st.st_mode & 0o111:
+                        return cand
+            except WalkError:
+                continue
+        where = "" if "/" in name else f" (PATH={env.get('PATH', '')})"
+        raise JailError(f"{name}: command not found in the guest{where}; "
+                        "give its full path or check the rootfs")
+
+    # ---- running --------------------------------------------------------------------
+
+    def run(self) -> int:
+        from sysemu.filter import compile_filter
+        from umlrun.kernel import Kernel
+        from umlrun.trace import Tracer
+
+        cfg = self.cfg
+        try:
+            self.build_mounts()
+        except MountError as e:
+            raise JailError(str(e)) from None
+        root = os.geteuid() == 0
+        self.kernel = k = Kernel(self.mounts, hostname=cfg.hostname.encode(), trap_all=cfg.trap_all,
+                                 guest_host_uid=NOBODY if root else None,
+                                 guest_host_gid=NOBODY if root else None)
+        env = self.environment()
+        cwd = self.guest_cwd()
+        path = self.find_command(cfg.argv[0], env, cwd)
+        if cfg.trace_file:
+            out = sys.stderr if cfg.trace_file == "-" else open(cfg.trace_file, "w", buffering=1)
+            k.trace = Tracer(k, out)
+        tty = self._foreground_tty()
+        k.start(path, [a.encode() for a in cfg.argv], [f"{n}={v}".encode() for n, v in env.items()],
+                cwd, compile_filter(k.table), scratch_dir=os.path.join(self.runtime, "empty").encode()
+                if os.path.isdir(os.path.join(self.runtime, "empty")) else self.runtime.encode(),
+                tty_fd=tty)
+        os.umask(0)  # from here on the guest's own umask is applied by the handlers
+        init = k.procs.init.tid
+        forward = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+        for sig in forward:
+            signal.signal(sig, lambda s, _f: _killpg(init, s))
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        try:
+            return k.run()
+        finally:
+            if tty is not None:
+                try:
+                    os.tcsetpgrp(tty, os.getpgrp())
+                except OSError:
+                    pass
+            for sig in forward:
+                signal.signal(sig, signal.SIG_DFL)
+
+    @staticmethod
+    def _foreground_tty() -> int | None:
+        try:
+            if os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp():
+                return 0
+        except OSError:
+            pass
+        return None
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.runtime, ignore_errors=True)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except OSError:
+        pass
+
+
+def run_jail(cfg: JailConfig) -> int:
+    jail = Jail(cfg)
+    try:
+        return jail.run()
+    finally:
+        jail.cleanup()

@@ -1,0 +1,335 @@
+"""The Kernel: wires the syscall table, the VFS, the process table and the
+interception platform, and dispatches every trap.
+
+Dispatch is one loop (run()): a seccomp notification goes to the handler the
+table names for its syscall number; a ptrace stop is either a PTRACE-
+disposition syscall (execve), a process-tree event (fork, clone, exec, exit),
+a group stop or a signal on its way to the guest.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+import threading
+import traceback
+
+from hostfs.mount import MountTable
+from hostfs.pathwalk import PathWalk, WalkError
+from sysemu.platform import (
+    EVENT_CLONE,
+    EVENT_EXEC,
+    EVENT_FORK,
+    EVENT_SECCOMP,
+    EVENT_STOP,
+    EVENT_VFORK,
+    NOTIFY,
+    PTRACE_CONT,
+    PTRACE_LISTEN,
+    PTRACE_SYSCALL,
+    PTRACE_SYSEMU,
+    GuestFault,
+    Platform,
+)
+from umlrun.process import Cred, Process, ProcessTable
+from umlrun.syscalls.table import PTRACE, build_table
+
+CONTINUE = object()  # handler result: let the kernel run the call as made
+DEFERRED = object()  # handler result: a worker thread answers later
+
+
+class SysError(Exception):
+    """Raised by handlers: the guest's call fails with this errno."""
+
+    def __init__(self, err: int):
+        super().__init__(os.strerror(err))
+        self.errno = err
+
+
+class InstallFd:
+    """Handler result: install this host descriptor in the guest as the call's result."""
+
+    __slots__ = ("fd", "cloexec")
+
+    def __init__(self, fd: int, cloexec: bool):
+        self.fd, self.cloexec = fd, cloexec
+
+
+GUEST_ERRORS = (SysError, WalkError, GuestFault)
+_GROUP_STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+
+
+class Call:
+    """One trapped syscall: who made it, its arguments, and access to its memory."""
+
+    __slots__ = ("k", "proc", "pid", "nr", "args", "regs", "id")
+
+    def __init__(self, k, proc, pid, nr, args, regs=None, notif_id=0):
+        self.k, self.proc, self.pid, self.nr, self.args, self.regs = k, proc, pid, nr, args, regs
+        self.id = notif_id
+
+    def path(self, i: int) -> bytes:
+        return self.k.platform.read_string(self.pid, self.args[i])
+
+    def read(self, addr: int, size: int) -> bytes:
+        return self.k.platform.read(self.pid, addr, size)
+
+    def write(self, addr: int, data: bytes) -> None:
+        self.k.platform.write(self.pid, addr, data)
+
+
+class Kernel:
+    def __init__(self, mounts: MountTable, *, hostname: bytes = b"umlrun", trap_all: bool = False,
+                 trace=None, guest_host_uid: int | None = None, guest_host_gid: int | None = None):
+        self.mounts = mounts
+        self.vfs = PathWalk(mounts)
+        self.table = build_table()
+        self.procs = ProcessTable()
+        self.hostname = hostname
+        self.domainname = b"(none)"
+        self.trap_all = trap_all
+        self.trace = trace                      # callable(proc, nr, args) or None
+        self.platform: Platform | None = None
+        # Host ids that mean "the guest" on files: shown as the guest's root.
+        self.own_uids = {os.geteuid()} | ({guest_host_uid} if guest_host_uid is not None else set())
+        self.own_gids = {os.getegid()} | ({guest_host_gid} if guest_host_gid is not None else set())
+        # When the supervisor is real root the guest runs as an unprivileged host
+        # user, and files it creates are handed to that user.
+        self.chown_to = (guest_host_uid, guest_host_gid) if guest_host_uid is not None else None
+        self.exit_status: int | None = None
+
+    # ---- the loop -----------------------------------------------------------------
+
+    def start(self, path: bytes, argv: list[bytes], envp: list[bytes], cwd: tuple, bpf: bytes,
+              scratch_dir: bytes, tty_fd: int | None = None) -> None:
+        self.platform = Platform(bpf)
+        uid = self.chown_to[0] if self.chown_to else -1
+        gid = self.chown_to[1] if self.chown_to else -1
+        pid = self.platform.spawn(path, argv, envp, cwd=scratch_dir, drop_uid=uid, drop_gid=gid,
+                                  tty_fd=tty_fd)
+        self.procs.add_init(pid, Cred(), cwd)
+
+    def run(self) -> int:
+        """Serve traps until the guest's first process exits; returns its exit code (128+N for a signal)."""
+        wait, on_notify, on_wait = self.platform.wait, self.on_notify, self.on_wait
+        while self.exit_status is None:
+            ev = wait()
+            if ev is None:
+                break
+            if ev[0] == NOTIFY:
+                on_notify(ev[1])
+            else:
+                on_wait(*ev[1])
+        self.shutdown()
+        return self.exit_status if self.exit_status is not None else 1
+
+    def shutdown(self) -> None:
+        """pid 1 is gone: every other guest process goes with it, and is reaped."""
+        for tid in list(self.procs.by_tid):
+            try:
+                os.kill(tid, signal.SIGKILL)
+            except OSError:
+                pass
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.__dict__.get("__WALL", 0x40000000))
+            except ChildProcessError:
+                break
+            self.procs.remove(pid)
+
+    # ---- seccomp notifications ---------------------------------------------------------
+
+    def on_notify(self, n) -> None:
+        platform = self.platform
+        entry = self.table.by_nr.get(n.nr)
+        proc = self.procs.get(n.pid) or self.procs.placeholder(n.pid)
+        call = Call(self, proc, n.pid, n.nr, tuple(n.args), notif_id=n.id)
+        if self.trace is not None:
+            self.trace(proc, n.nr, call.args)
+        try:
+            result = entry.handler(self, call)
+        except GUEST_ERRORS as e:
+            platform.respond(n.id, -e.errno)
+            return
+        except OSError as e:
+            platform.respond(n.id, -(e.errno or errno.EIO))
+            return
+        except Exception:
+            self.report_bug(entry.name if entry else str(n.nr))
+            platform.respond(n.id, -errno.EIO)
+            return
+        if result is CONTINUE:
+            platform.respond_continue(n.id)
+        elif result is DEFERRED:
+            pass
+        elif isinstance(result, InstallFd):
+            r = platform.install_fd(n.id, result.fd, result.cloexec)
+            os.close(result.fd)
+            if r < 0:
+                platform.respond(n.id, r)
+        else:
+            platform.respond(n.id, result)
+
+    def report_bug(self, what: str) -> None:
+        sys.stderr.write(f"umlrun: internal error while emulating {what} (the guest got EIO):\n")
+        traceback.print_exc(file=sys.stderr)
+
+    # ---- ptrace stops -----------------------------------------------------------------
+
+    def resume_request(self, proc: Process | None) -> int:
+        if proc is not None and proc.reexec:
+            return PTRACE_SYSCALL
+        return PTRACE_SYSEMU if self.trap_all else PTRACE_CONT
+
+    def resume(self, pid: int, proc: Process | None, sig: int = 0) -> None:
+        self.platform.resume(pid, sig, self.resume_request(proc))
+
+    def on_wait(self, pid: int, status: int) -> None:
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            self.procs.remove(pid)
+            if self.procs.init is not None and pid == self.procs.init.tid:
+                self.exit_status = (os.WEXITSTATUS(status) if os.WIFEXITED(status)
+                                    else 128 + os.WTERMSIG(status))
+            return
+        if not os.WIFSTOPPED(status):
+            return
+        sig, event = os.WSTOPSIG(status), status >> 16
+        proc = self.procs.get(pid)
+        if event == EVENT_SECCOMP:
+            self.on_seccomp_stop(pid, proc)
+        elif event in (EVENT_FORK, EVENT_VFORK, EVENT_CLONE):
+            self.on_fork(pid, proc, event)
+        elif event == EVENT_EXEC:
+            self.on_exec(pid, proc)
+        elif event == EVENT_STOP:
+            self.on_event_stop(pid, proc, sig)
+        elif sig == signal.SIGTRAP | 0x80:
+            self.on_syscall_stop(pid, proc)
+        else:  # a signal on its way to the guest: deliver it
+            self.resume(pid, proc, sig)
+
+    def on_event_stop(self, pid: int, proc: Process | None, sig: int) -> None:
+        if proc is None:  # a new child, before its parent's fork event: hold it
+            self.procs.placeholder(pid).pending_stop = True
+        elif not proc.known:
+            proc.pending_stop = True
+        elif not proc.started:
+            proc.started = True
+            self.resume(pid, proc)
+        elif sig in _GROUP_STOP_SIGNALS:
+            # A real group stop: stay stopped, but let SIGCONT through.
+            self.platform.resume(pid, 0, PTRACE_LISTEN)
+        else:
+            self.resume(pid, proc)
+
+    def on_fork(self, pid: int, proc: Process | None, event: int) -> None:
+        child_tid = self.platform.eventmsg(pid)
+        if proc is not None:
+            flags = 0
+            if event == EVENT_CLONE:
+                regs = self.platform.getregs(pid)
+                if regs.orig_rax == 435:  # clone3: flags are the first field of clone_args
+                    flags = int.from_bytes(self.platform.read(pid, regs.rdi, 8), "little")
+                else:
+                    flags = regs.rdi
+            child = self.procs.fork(proc, child_tid, flags)
+            if child.pending_stop:
+                child.pending_stop, child.started = False, True
+                self.resume(child_tid, child)
+        self.resume(pid, proc)
+
+    def on_exec(self, pid: int, proc: Process | None) -> None:
+        former = self.platform.eventmsg(pid)
+        if former != pid:  # a non-leader thread exec'd and took over the leader's pid
+            old = self.procs.remove(former)
+            if old is not None and proc is not None:
+                proc.cred = old.cred
+        if proc is not None:
+            proc.exec_pending = None
+        self.resume(pid, proc)
+
+    def on_seccomp_stop(self, pid: int, proc: Process | None) -> None:
+        platform = self.platform
+        try:
+            regs = platform.getregs(pid)
+        except GuestFault:
+            return
+        nr = regs.orig_rax
+        entry = self.table.by_nr.get(nr)
+        if proc is None or entry is None or entry.disposition != PTRACE:
+            self.resume(pid, proc)  # a stop asked for by a filter of the guest's own
+            return
+        call = Call(self, proc, pid, nr, (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9), regs)
+        if self.trace is not None and not self.trap_all:
+            self.trace(proc, nr, call.args)
+        try:
+            result = entry.handler(self, call)
+        except GUEST_ERRORS as e:
+            result = -e.errno
+        except OSError as e:
+            result = -(e.errno or errno.EIO)
+        except Exception:
+            self.report_bug(entry.name)
+            result = -errno.EIO
+        if result is not None:  # answered here: skip the syscall, set its result
+            regs.orig_rax = 0xFFFFFFFFFFFFFFFF
+            regs.rax = result & 0xFFFFFFFFFFFFFFFF
+        platform.setregs(pid, regs)
+        self.resume(pid, proc)
+
+    def on_syscall_stop(self, pid: int, proc: Process | None) -> None:
+        """Trap-all mode (PTRACE_SYSEMU): every syscall stops here first.
+
+        The stop is shown, then the call is re-issued under PTRACE_SYSCALL so that
+        it takes the same path as in the fast mode (seccomp decides: native,
+        user-notify or RET_TRACE); back at its exit the guest returns to SYSEMU."""
+        if proc is None:
+            self.resume(pid, proc)
+            return
+        if proc.reexec:
+            stage = proc.extra.get("reexec_stage", 0)
+            if stage == 0:      # the re-issued call's entry: let it run
+                proc.extra["reexec_stage"] = 1
+            else:               # its exit: back to trap-all
+                proc.reexec = False
+                proc.extra["reexec_stage"] = 0
+            self.resume(pid, proc)
+            return
+        regs = self.platform.getregs(pid)
+        if self.trace is not None:
+            self.trace(proc, regs.orig_rax, (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9))
+        regs.rip -= 2           # back onto the 2-byte syscall instruction
+        regs.rax = regs.orig_rax
+        self.platform.setregs(pid, regs)
+        proc.reexec = True
+        proc.extra["reexec_stage"] = 0
+        self.resume(pid, proc)
+
+    # ---- helpers for handlers ------------------------------------------------------------
+
+    def open_blocking(self, call: Call, parent_fd: int, name: bytes, hostflags: int, cloexec: int):
+        """Open something that may block (a FIFO) on a worker thread, answering from there."""
+        dfd = os.dup(parent_fd)  # the walk's descriptors close when the handler returns
+        platform, nid = self.platform, call.id
+
+        def work():
+            try:
+                fd = os.open(name, hostflags, dir_fd=dfd)
+            except OSError as e:
+                platform.respond(nid, -e.errno)
+                return
+            finally:
+                os.close(dfd)
+            r = platform.install_fd(nid, fd, bool(cloexec))
+            os.close(fd)
+            if r < 0:
+                platform.respond(nid, r)
+
+        threading.Thread(target=work, daemon=True).start()
+        return DEFERRED
+
+    def guest_fd(self, call: Call, fd: int) -> int:
+        """A supervisor copy of the guest's descriptor fd (caller closes it)."""
+        from sysemu.platform import pidfd_getfd
+        return pidfd_getfd(call.proc.get_pidfd(), fd)

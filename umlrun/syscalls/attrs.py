@@ -1,0 +1,305 @@
+"""Syscalls that change an object's attributes: chmod, chown, times, truncate,
+extended attributes, and inotify watches (which name an object too).
+
+Path forms resolve through PathWalk and act on (directory fd, name) without
+following (the walk already followed what the call asked to follow). Descriptor
+forms (fchmod, fchown, fsetxattr, futimens) are emulated too: run natively they
+would let a guest change a file on a read-only mount through a descriptor
+opened for reading.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from umlrun.kernel import Call, SysError
+from umlrun.syscalls.files import (
+    AT_EMPTY_PATH,
+    AT_FDCWD,
+    AT_SYMLINK_NOFOLLOW,
+    check_fd_writable,
+    check_writable,
+    lookup,
+    s32,
+    s64,
+)
+from umlrun.syscalls.namespace import _host_call
+
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+XATTR_NAME_MAX, XATTR_SIZE_MAX = 255, 65536
+IN_DONT_FOLLOW = 0x02000000
+
+
+def _proc_path(dirfd: int, name: bytes) -> bytes:
+    """A path the host resolves to `name` inside the directory we hold open."""
+    return b"/proc/self/fd/%d/%s" % (dirfd, name)
+
+
+# ---- chmod / chown ---------------------------------------------------------------
+
+def do_chmod(k, c: Call, dirfd: int, path: bytes, mode: int, flags: int) -> int:
+    if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
+        raise SysError(errno.EINVAL)
+    with lookup(k, c, dirfd, path or b".", follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
+        if stat.S_ISLNK(d.st.st_mode):
+            raise SysError(errno.EOPNOTSUPP)
+        check_writable(d)
+        _host_call(452, d.parent_fd, d.name, mode & 0o7777, AT_SYMLINK_NOFOLLOW)  # fchmodat2
+    return 0
+
+
+def sys_chmod(k, c):
+    return do_chmod(k, c, AT_FDCWD, c.path(0), s32(c.args[1]), 0)
+
+
+def sys_fchmodat(k, c):
+    return do_chmod(k, c, s32(c.args[0]), c.path(1), s32(c.args[2]), 0)
+
+
+def sys_fchmodat2(k, c):
+    flags = s32(c.args[3])
+    path = c.path(1) if (c.args[1] or not flags & AT_EMPTY_PATH) else b""
+    return do_chmod(k, c, s32(c.args[0]), path, s32(c.args[2]), flags)
+
+
+def sys_fchmod(k, c):
+    hostfd = k.guest_fd(c, s32(c.args[0]))
+    try:
+        check_fd_writable(k, hostfd)
+        os.fchmod(hostfd, s32(c.args[1]) & 0o7777)
+    finally:
+        os.close(hostfd)
+    return 0
+
+
+def do_chown(k, c: Call, dirfd: int, path: bytes, flags: int) -> int:
+    """Fake root may chown anything. Ownership is not stored yet (the metadata
+    store is its own piece of work): the call checks what Linux checks and succeeds."""
+    if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
+        raise SysError(errno.EINVAL)
+    if c.proc.cred.euid != 0:
+        raise SysError(errno.EPERM)
+    with lookup(k, c, dirfd, path or b".", follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
+        check_writable(d)
+    return 0
+
+
+def sys_chown(k, c):
+    return do_chown(k, c, AT_FDCWD, c.path(0), 0)
+
+
+def sys_lchown(k, c):
+    return do_chown(k, c, AT_FDCWD, c.path(0), AT_SYMLINK_NOFOLLOW)
+
+
+def sys_fchownat(k, c):
+    flags = s32(c.args[4])
+    path = c.path(1) if (c.args[1] or not flags & AT_EMPTY_PATH) else b""
+    return do_chown(k, c, s32(c.args[0]), path, flags)
+
+
+def sys_fchown(k, c):
+    if c.proc.cred.euid != 0:
+        raise SysError(errno.EPERM)
+    hostfd = k.guest_fd(c, s32(c.args[0]))
+    try:
+        check_fd_writable(k, hostfd)
+    finally:
+        os.close(hostfd)
+    return 0
+
+
+# ---- times -----------------------------------------------------------------------
+
+def _timespecs(c: Call, addr: int, unit: str) -> bytes | None:
+    """The guest's two times as a struct timespec[2], or None for "now"."""
+    if not addr:
+        return None
+    if unit == "timespec":
+        return c.read(addr, 32)
+    out = b""
+    if unit == "timeval":
+        raw = c.read(addr, 32)
+        for i in (0, 16):
+            sec, usec = (s64(int.from_bytes(raw[i + j:i + j + 8], "little")) for j in (0, 8))
+            if usec < 0 or usec >= 1_000_000:
+                raise SysError(errno.EINVAL)
+            out += sec.to_bytes(8, "little", signed=True) + (usec * 1000).to_bytes(8, "little")
+    else:  # struct utimbuf {actime, modtime}
+        raw = c.read(addr, 16)
+        for i in (0, 8):
+            out += raw[i:i + 8] + b"\0" * 8
+    return out
+
+
+def do_utimens(k, c: Call, dirfd: int, path: bytes | None, times: bytes | None, flags: int) -> int:
+    if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
+        raise SysError(errno.EINVAL)
+    if times is not None:
+        nsecs = [int.from_bytes(times[i:i + 8], "little") for i in (8, 24)]
+        if all(n == UTIME_OMIT for n in nsecs):
+            return 0
+    tbuf = times if times is not None else 0
+    if path is None:  # futimens: the descriptor itself
+        hostfd = k.guest_fd(c, dirfd)
+        try:
+            check_fd_writable(k, hostfd)
+            _host_call(280, hostfd, 0, tbuf, 0)
+        finally:
+            os.close(hostfd)
+        return 0
+    with lookup(k, c, dirfd, path or b".", follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
+        check_writable(d)
+        _host_call(280, d.parent_fd, d.name, tbuf, AT_SYMLINK_NOFOLLOW)  # utimensat
+    return 0
+
+
+def sys_utimensat(k, c):
+    flags = s32(c.args[3])
+    path = c.path(1) if c.args[1] else None
+    times = _timespecs(c, c.args[2], "timespec")
+    return do_utimens(k, c, s32(c.args[0]), path, times, flags)
+
+
+def sys_futimesat(k, c):
+    return do_utimens(k, c, s32(c.args[0]), c.path(1), _timespecs(c, c.args[2], "timeval"), 0)
+
+
+def sys_utimes(k, c):
+    return do_utimens(k, c, AT_FDCWD, c.path(0), _timespecs(c, c.args[1], "timeval"), 0)
+
+
+def sys_utime(k, c):
+    return do_utimens(k, c, AT_FDCWD, c.path(0), _timespecs(c, c.args[1], "utimbuf"), 0)
+
+
+# ---- truncate ----------------------------------------------------------------------
+
+def sys_truncate(k, c):
+    length = s64(c.args[1])
+    if length < 0:
+        raise SysError(errno.EINVAL)
+    with lookup(k, c, AT_FDCWD, c.path(0)) as d:
+        if stat.S_ISDIR(d.st.st_mode):
+            raise SysError(errno.EISDIR)
+        check_writable(d)
+        if not stat.S_ISREG(d.st.st_mode):
+            raise SysError(errno.EINVAL)
+        fd = os.open(d.name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=d.parent_fd)
+    try:
+        os.ftruncate(fd, length)
+    finally:
+        os.close(fd)
+    return 0
+
+
+# ---- extended attributes ------------------------------------------------------------
+
+def _xattr_name(c: Call, i: int) -> bytes:
+    name = c.k.platform.read_string(c.pid, c.args[i], XATTR_NAME_MAX + 2)
+    if not name or len(name) > XATTR_NAME_MAX:
+        raise SysError(errno.ERANGE)
+    return name
+
+
+def _xattr_target(k, c: Call, follow: bool):
+    return lookup(k, c, AT_FDCWD, c.path(0), follow=follow)
+
+
+def _set(k, c: Call, follow: bool):
+    name, size, flags = _xattr_name(c, 1), c.args[3], s32(c.args[4])
+    if size > XATTR_SIZE_MAX:
+        raise SysError(errno.E2BIG)
+    if flags & ~3:
+        raise SysError(errno.EINVAL)
+    value = c.read(c.args[2], size)
+    with _xattr_target(k, c, follow) as d:
+        check_writable(d)
+        os.setxattr(_proc_path(d.parent_fd, d.name), name, value, flags, follow_symlinks=False)
+    return 0
+
+
+def _get(k, c: Call, follow: bool):
+    name, size = _xattr_name(c, 1), c.args[3]
+    with _xattr_target(k, c, follow) as d:
+        value = os.getxattr(_proc_path(d.parent_fd, d.name), name, follow_symlinks=False)
+    return _answer(c, c.args[2], size, value)
+
+
+def _answer(c: Call, addr: int, size: int, value: bytes) -> int:
+    if size == 0:
+        return len(value)
+    if len(value) > size:
+        raise SysError(errno.ERANGE)
+    c.write(addr, value)
+    return len(value)
+
+
+def _list(k, c: Call, follow: bool):
+    with _xattr_target(k, c, follow) as d:
+        names = os.listxattr(_proc_path(d.parent_fd, d.name), follow_symlinks=False)
+    return _answer(c, c.args[1], c.args[2], b"".join(os.fsencode(n) + b"\0" for n in names))
+
+
+def _remove(k, c: Call, follow: bool):
+    name = _xattr_name(c, 1)
+    with _xattr_target(k, c, follow) as d:
+        check_writable(d)
+        os.removexattr(_proc_path(d.parent_fd, d.name), name, follow_symlinks=False)
+    return 0
+
+
+def sys_fsetxattr(k, c):
+    name, size, flags = _xattr_name(c, 1), c.args[3], s32(c.args[4])
+    if size > XATTR_SIZE_MAX:
+        raise SysError(errno.E2BIG)
+    value = c.read(c.args[2], size)
+    hostfd = k.guest_fd(c, s32(c.args[0]))
+    try:
+        check_fd_writable(k, hostfd)
+        os.setxattr(hostfd, name, value, flags)
+    finally:
+        os.close(hostfd)
+    return 0
+
+
+def sys_fremovexattr(k, c):
+    name = _xattr_name(c, 1)
+    hostfd = k.guest_fd(c, s32(c.args[0]))
+    try:
+        check_fd_writable(k, hostfd)
+        os.removexattr(hostfd, name)
+    finally:
+        os.close(hostfd)
+    return 0
+
+
+# ---- inotify --------------------------------------------------------------------------
+
+def sys_inotify_add_watch(k, c):
+    mask = c.args[2] & 0xFFFFFFFF
+    with lookup(k, c, AT_FDCWD, c.path(1), follow=not mask & IN_DONT_FOLLOW) as d:
+        ino = k.guest_fd(c, s32(c.args[0]))
+        try:
+            return _host_call(254, ino, _proc_path(d.parent_fd, d.name), mask | IN_DONT_FOLLOW)
+        finally:
+            os.close(ino)
+
+
+def register(t) -> None:
+    def both(fn, follow):
+        return lambda k, c: fn(k, c, follow)
+
+    for name, fn in (("chmod", sys_chmod), ("fchmodat", sys_fchmodat), ("fchmodat2", sys_fchmodat2),
+                     ("fchmod", sys_fchmod), ("chown", sys_chown), ("lchown", sys_lchown),
+                     ("fchownat", sys_fchownat), ("fchown", sys_fchown), ("utimensat", sys_utimensat),
+                     ("futimesat", sys_futimesat), ("utimes", sys_utimes), ("utime", sys_utime),
+                     ("truncate", sys_truncate), ("fsetxattr", sys_fsetxattr),
+                     ("fremovexattr", sys_fremovexattr), ("inotify_add_watch", sys_inotify_add_watch)):
+        t.emulate(name, fn, note="guest VFS; read-only mounts enforced")
+    for prefix, follow in (("", True), ("l", False)):
+        t.emulate(prefix + "setxattr", both(_set, follow), note="guest VFS")
+        t.emulate(prefix + "getxattr", both(_get, follow), note="guest VFS")
+        t.emulate(prefix + "listxattr", both(_list, follow), note="guest VFS")
+        t.emulate(prefix + "removexattr", both(_remove, follow), note="guest VFS")

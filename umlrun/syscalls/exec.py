@@ -1,0 +1,194 @@
+"""execve and execveat: the program is resolved in the guest VFS and executed
+from a descriptor, never from a host path.
+
+Why a descriptor: the guest may run as a different host user than the
+supervisor (it does when the supervisor is real root) and cannot be trusted
+to reach the tree by host path; a path written into guest memory could also be
+swapped by another guest thread before the kernel reads it. So an exec takes
+two passes through the same syscall:
+
+  1. RET_TRACE stop: resolve the path (and any `#!` chain) in the guest VFS,
+     open the final binary, then turn this call into EXEC_FD_NR (answered by
+     user-notify) with the instruction pointer moved back onto the syscall
+     instruction.
+  2. user-notify EXEC_FD_NR: install the binary's descriptor in the guest
+     (SECCOMP_IOCTL_NOTIF_ADDFD) and answer with the original syscall number,
+     which lands in rax: the guest re-issues its execve.
+  3. RET_TRACE stop again: rewrite it as execveat(fd, "", argv', envp,
+     AT_EMPTY_PATH); argv' carries the interpreter for `#!` scripts.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from umlrun.kernel import Call, SysError
+from umlrun.syscalls.files import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW, lookup, permitted, s32
+
+EXEC_FD_NR = 0x3FF0          # private number, only ever produced by step 1
+NR_EXECVE, NR_EXECVEAT = 59, 322
+MAX_INTERP_DEPTH = 4         # Linux's BINPRM_MAX_RECURSION
+BINPRM_BUF = 256
+RED_ZONE = 128
+
+
+class PreparedExec:
+    __slots__ = ("key", "hostfd", "guestfd", "prefix_args")
+
+    def __init__(self, key, hostfd, prefix_args):
+        self.key, self.hostfd, self.guestfd, self.prefix_args = key, hostfd, -1, prefix_args
+
+
+def _open_program(k, c: Call, dirfd: int, path: bytes, follow: bool):
+    """Resolve and open a program; returns (O_PATH fd, first bytes of the file)."""
+    with lookup(k, c, dirfd, path, follow=follow) as d:
+        st = d.st
+        if stat.S_ISLNK(st.st_mode):
+            raise SysError(errno.ELOOP)
+        if not stat.S_ISREG(st.st_mode):
+            raise SysError(errno.EACCES)
+        cred = c.proc.cred
+        if cred.euid == 0:
+            if not st.st_mode & 0o111:
+                raise SysError(errno.EACCES)
+        elif not permitted(st, cred, 1, k.own_uids):
+            raise SysError(errno.EACCES)
+        fd = os.open(d.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d.parent_fd)
+    try:
+        head = os.pread(fd, BINPRM_BUF, 0)
+    except OSError:
+        head = b""
+    return fd, head
+
+
+def _shebang(head: bytes):
+    """(interpreter, optional argument) from a `#!` line, as Linux splits it."""
+    line = head[2:].split(b"\n", 1)[0].replace(b"\t", b" ").strip()
+    if not line:
+        raise SysError(errno.ENOEXEC)
+    interp, _, arg = line.partition(b" ")
+    arg = arg.strip()
+    return interp, ([arg] if arg else [])
+
+
+def prepare(k, c: Call, dirfd: int, path: bytes, flags: int):
+    """Step 1: resolve the program and any interpreter chain."""
+    if flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW):
+        raise SysError(errno.EINVAL)
+    if not path and flags & AT_EMPTY_PATH:
+        fd = k.guest_fd(c, dirfd)
+        head = os.pread(fd, BINPRM_BUF, 0) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+        script_name = b"/dev/fd/%d" % dirfd
+    else:
+        fd, head = _open_program(k, c, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW)
+        script_name = path
+    prefix: list[bytes] = []
+    depth = 0
+    while head.startswith(b"#!"):
+        depth += 1
+        if depth > MAX_INTERP_DEPTH:
+            os.close(fd)
+            raise SysError(errno.ELOOP)
+        interp, arg = _shebang(head)
+        prefix = [interp, *arg, script_name] + prefix[1:] if prefix else [interp, *arg, script_name]
+        os.close(fd)
+        fd, head = _open_program(k, c, AT_FDCWD, interp, follow=True)
+        script_name = interp
+    return fd, prefix
+
+
+def _key(c: Call, nr: int):
+    r = c.regs
+    return (nr, r.rdi, r.rsi, r.rdx, r.r10, r.r8)
+
+
+def _read_pointers(c: Call, addr: int) -> list[int]:
+    out = []
+    while True:
+        raw = c.read(addr, 8)
+        ptr = int.from_bytes(raw, "little")
+        if ptr == 0:
+            return out
+        out.append(ptr)
+        addr += 8
+        if len(out) > 1 << 20:
+            raise SysError(errno.E2BIG)
+
+
+def _finish(k, c: Call, prep: PreparedExec, argv_addr: int, envp_addr: int) -> None:
+    """Step 3: turn the re-issued call into execveat(fd, "", argv', envp, AT_EMPTY_PATH)."""
+    r = c.regs
+    argv_ptr = argv_addr
+    sp = (r.rsp - RED_ZONE) & ~15
+    blob = b"\0"
+    if prep.prefix_args:
+        old = _read_pointers(c, argv_addr) if argv_addr else []
+        strings = b"".join(a + b"\0" for a in prep.prefix_args)
+        base = sp - len(strings) - 1
+        base &= ~15
+        ptrs, off = [], 0
+        for a in prep.prefix_args:
+            ptrs.append(base + 1 + off)
+            off += len(a) + 1
+        ptrs += old[1:] + [0]
+        table = b"".join(p.to_bytes(8, "little") for p in ptrs)
+        argv_ptr = (base - len(table)) & ~15
+        c.write(argv_ptr, table)
+        c.write(base, b"\0" + strings)
+        empty = base
+    else:
+        empty = sp - 16
+        c.write(empty, blob)
+    r.orig_rax = NR_EXECVEAT
+    r.rdi, r.rsi, r.rdx, r.r10, r.r8 = prep.guestfd, empty, argv_ptr, envp_addr, AT_EMPTY_PATH
+
+
+def _exec(k, c: Call, nr: int, dirfd: int, path_arg: int, argv: int, envp: int, flags: int):
+    proc = c.proc
+    prep = proc.exec_pending
+    key = _key(c, nr)
+    if prep is not None and prep.key == key and prep.guestfd >= 0:
+        proc.exec_pending = None
+        _finish(k, c, prep, argv, envp)
+        return None
+    if prep is not None and prep.hostfd >= 0:
+        os.close(prep.hostfd)
+    proc.exec_pending = None
+    path = c.k.platform.read_string(c.pid, path_arg) if (path_arg or not flags & AT_EMPTY_PATH) else b""
+    fd, prefix = prepare(k, c, dirfd, path, flags)
+    proc.exec_pending = PreparedExec(key, fd, prefix)
+    c.regs.orig_rax = EXEC_FD_NR
+    c.regs.rip -= 2
+    return None
+
+
+def sys_execve(k, c: Call):
+    r = c.regs
+    return _exec(k, c, NR_EXECVE, AT_FDCWD, r.rdi, r.rsi, r.rdx, 0)
+
+
+def sys_execveat(k, c: Call):
+    r = c.regs
+    return _exec(k, c, NR_EXECVEAT, s32(r.rdi), r.rsi, r.rdx, r.r10, s32(r.r8))
+
+
+def sys_exec_fd(k, c: Call):
+    """Step 2 (user-notify): put the prepared binary in the guest, re-issue the exec."""
+    prep = c.proc.exec_pending
+    if prep is None or prep.hostfd < 0:
+        raise SysError(errno.ENOSYS)
+    fd = k.platform.install_fd(c.id, prep.hostfd, cloexec=True, send=False)
+    os.close(prep.hostfd)
+    prep.hostfd = -1
+    if fd < 0:
+        c.proc.exec_pending = None
+        raise SysError(-fd)
+    prep.guestfd = fd
+    return prep.key[0]
+
+
+def register(t) -> None:
+    t.ptrace("execve", sys_execve, note="resolved in the guest VFS, executed from a descriptor")
+    t.ptrace("execveat", sys_execveat, note="resolved in the guest VFS, executed from a descriptor")
+    t.private(EXEC_FD_NR, "umlrun_exec_fd", sys_exec_fd, note="step 2 of an exec: install the binary")

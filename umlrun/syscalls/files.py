@@ -1,0 +1,418 @@
+"""File syscalls that look a name up: open, stat, access, readlink, cwd, statfs.
+
+Every path goes through PathWalk in the guest's namespace; the host object is
+then reached as (directory descriptor, one name) with no-follow semantics, so
+the host never resolves a guest-controlled path itself. Opened files are real
+host descriptors installed in the guest (data never passes through here).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from sysemu._sysemu import ffi, lib
+from umlrun.kernel import Call, InstallFd, SysError
+
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW, AT_REMOVEDIR, AT_SYMLINK_FOLLOW = 0x100, 0x200, 0x400
+AT_NO_AUTOMOUNT, AT_EMPTY_PATH, AT_EACCESS = 0x800, 0x1000, 0x200
+AT_STATX_SYNC_TYPE = 0x6000
+O_TMPFILE = 0o20000000 | os.O_DIRECTORY
+RESOLVE_NO_XDEV, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS = 0x01, 0x02, 0x04
+RESOLVE_BENEATH, RESOLVE_IN_ROOT, RESOLVE_CACHED = 0x08, 0x10, 0x20
+# Linux's VALID_OPEN_FLAGS for openat2 (it rejects any other bit).
+VALID_OPEN_FLAGS = (os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND
+                    | os.O_NONBLOCK | os.O_DSYNC | 0o20000 | os.O_DIRECT | os.O_LARGEFILE
+                    | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NOATIME | os.O_CLOEXEC | os.O_PATH
+                    | 0o20000000 | os.O_SYNC)
+STATX_RESERVED = 0x80000000
+STAT_SIZE, STATX_SIZE, STATFS_SIZE = 144, 256, 120
+# Types the read-only check applies to (Linux's sb_permission).
+_RO_TYPES = (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK)
+
+
+def s32(v: int) -> int:
+    """A register's low 32 bits as a signed int (fds, flags, modes are C ints)."""
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+def s64(v: int) -> int:
+    return v - (1 << 64) if v & (1 << 63) else v
+
+
+# ---- name lookup shared by every family --------------------------------------------
+
+def host_path_of_fd(fd: int) -> bytes:
+    return os.readlink(f"/proc/self/fd/{fd}".encode())
+
+
+def fd_comps(k, hostfd: int) -> tuple:
+    comps = k.mounts.guest_path_of(host_path_of_fd(hostfd))
+    if comps is None:
+        raise SysError(errno.ENOENT)
+    return comps
+
+
+def base_dir(k, call: Call, dirfd: int) -> tuple:
+    """Canonical guest path of the directory relative paths start from."""
+    if dirfd == AT_FDCWD:
+        return call.proc.fs.cwd
+    fd = k.guest_fd(call, dirfd)
+    try:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise SysError(errno.ENOTDIR)
+        return fd_comps(k, fd)
+    finally:
+        os.close(fd)
+
+
+def may_search(call: Call):
+    """Directory search check for non-root guests (fake root passes everything)."""
+    cred = call.proc.cred
+    if cred.fsuid == 0:
+        return None
+    own = call.k.own_uids
+
+    def check(st) -> bool:
+        return permitted(st, cred, 1, own)
+    return check
+
+
+def permitted(st, cred, want: int, own_uids) -> bool:
+    """Unix permission bits for a non-root guest; the guest's own files show as root's."""
+    uid = 0 if st.st_uid in own_uids else st.st_uid
+    gid = 0 if st.st_gid in own_uids else st.st_gid
+    if uid == cred.fsuid:
+        bits = st.st_mode >> 6
+    elif gid == cred.fsgid or gid in cred.groups:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return (bits & want) == want
+
+
+def lookup(k, call: Call, dirfd: int, path: bytes, *, follow: bool = True, must_exist: bool = True,
+           resolve: int = 0):
+    """Walk `path` for this call; returns a Dentry (use it with `with`)."""
+    proc = call.proc
+    relative = not path.startswith(b"/")
+    base = base_dir(k, call, dirfd) if relative or resolve & (RESOLVE_BENEATH | RESOLVE_IN_ROOT) else ()
+    root = proc.fs.root
+    if resolve & RESOLVE_IN_ROOT:
+        root, base = base, base
+        if not relative:
+            path = path.lstrip(b"/") or b"."
+    return k.vfs.walk(path, base=base, root=root, follow=follow, must_exist=must_exist,
+                      may_search=may_search(call), no_symlinks=bool(resolve & RESOLVE_NO_SYMLINKS),
+                      beneath=bool(resolve & RESOLVE_BENEATH))
+
+
+def check_writable(d) -> None:
+    """EROFS for a change to an existing object on a read-only mount."""
+    if d.mount.readonly and (d.st is None or stat.S_IFMT(d.st.st_mode) in _RO_TYPES):
+        raise SysError(errno.EROFS)
+
+
+def fd_mount(k, hostfd: int):
+    """The mount a host descriptor lives in, or None when it is outside every mount
+    (a descriptor the guest inherited from the host, such as its stdout)."""
+    comps = k.mounts.guest_path_of(host_path_of_fd(hostfd))
+    return None if comps is None else k.mounts.containing(comps)
+
+
+def check_fd_writable(k, hostfd: int) -> None:
+    m = fd_mount(k, hostfd)
+    if m is None:
+        raise SysError(errno.EPERM)
+    if m.readonly:
+        raise SysError(errno.EROFS)
+
+
+def give_to_guest(k, parent_fd: int, name: bytes) -> None:
+    """A file the supervisor created for the guest belongs to the guest's host user."""
+    if k.chown_to is not None:
+        os.chown(name, *k.chown_to, dir_fd=parent_fd, follow_symlinks=False)
+
+
+# ---- open ----------------------------------------------------------------------
+
+def do_open(k, call: Call, dirfd: int, path: bytes, flags: int, mode: int, resolve: int = 0):
+    acc = flags & os.O_ACCMODE
+    creat = bool(flags & os.O_CREAT)
+    tmpfile = (flags & O_TMPFILE) == O_TMPFILE
+    follow = not (flags & os.O_NOFOLLOW) and not (creat and flags & os.O_EXCL)
+    with lookup(k, call, dirfd, path, follow=follow, must_exist=not creat, resolve=resolve) as d:
+        st = d.st
+        if st is not None and stat.S_ISDIR(st.st_mode) and (acc != os.O_RDONLY or creat) and not tmpfile:
+            raise SysError(errno.EISDIR)
+        if d.mount.readonly and not flags & os.O_PATH:
+            if (creat and st is None) or tmpfile or acc != os.O_RDONLY or flags & os.O_TRUNC:
+                check_writable(d)
+        if creat and st is None or tmpfile:
+            mode = mode & 0o7777 & ~call.proc.umask()
+        hostflags = flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+        if st is not None and stat.S_ISFIFO(st.st_mode) and not flags & (os.O_NONBLOCK | os.O_PATH):
+            # Opening a FIFO blocks until the other end opens, which may be another
+            # guest whose open waits behind this one: never block the supervisor.
+            return k.open_blocking(call, d.parent_fd, d.name, hostflags, flags & os.O_CLOEXEC)
+        fd = os.open(d.name, hostflags, mode, dir_fd=d.parent_fd)
+        if k.chown_to is not None and ((creat and st is None) or tmpfile):
+            os.fchown(fd, *k.chown_to)
+        return InstallFd(fd, bool(flags & os.O_CLOEXEC))
+
+
+def sys_open(k, c: Call):
+    return do_open(k, c, AT_FDCWD, c.path(0), s32(c.args[1]), s32(c.args[2]))
+
+
+def sys_creat(k, c: Call):
+    return do_open(k, c, AT_FDCWD, c.path(0), os.O_CREAT | os.O_WRONLY | os.O_TRUNC, s32(c.args[1]))
+
+
+def sys_openat(k, c: Call):
+    return do_open(k, c, s32(c.args[0]), c.path(1), s32(c.args[2]), s32(c.args[3]))
+
+
+def sys_openat2(k, c: Call):
+    size = c.args[3]
+    if size < 24 or size > 4096:
+        raise SysError(errno.EINVAL if size < 24 else errno.E2BIG)
+    raw = c.read(c.args[2], size)
+    if any(raw[24:]):
+        raise SysError(errno.E2BIG)
+    flags, mode, resolve = (int.from_bytes(raw[i:i + 8], "little") for i in (0, 8, 16))
+    if flags & ~VALID_OPEN_FLAGS or resolve & ~0x3F or mode & ~0o7777:
+        raise SysError(errno.EINVAL)
+    if mode and not (flags & os.O_CREAT or (flags & O_TMPFILE) == O_TMPFILE):
+        raise SysError(errno.EINVAL)
+    if resolve & RESOLVE_BENEATH and resolve & RESOLVE_IN_ROOT:
+        raise SysError(errno.EINVAL)
+    if resolve & RESOLVE_CACHED:
+        raise SysError(errno.EAGAIN)
+    return do_open(k, c, s32(c.args[0]), c.path(1), flags, mode, resolve)
+
+
+# ---- stat -------------------------------------------------------------------------
+
+def _fake_owner(k, buf, uid_off: int, gid_off: int) -> None:
+    uid = int.from_bytes(buf[uid_off:uid_off + 4], "little")
+    gid = int.from_bytes(buf[gid_off:gid_off + 4], "little")
+    if uid in k.own_uids:
+        buf[uid_off:uid_off + 4] = b"\0\0\0\0"
+    if gid in k.own_gids:
+        buf[gid_off:gid_off + 4] = b"\0\0\0\0"
+
+
+def raw_stat(k, dirfd: int, name: bytes, flags: int) -> bytes:
+    buf = ffi.new("char[]", STAT_SIZE)
+    r = lib.sysemu_fstatat(dirfd, name, buf, flags)
+    if r < 0:
+        raise SysError(-r)
+    out = bytearray(ffi.buffer(buf, STAT_SIZE))
+    _fake_owner(k, out, 28, 32)
+    return bytes(out)
+
+
+def _stat_fd(k, c: Call, fd: int) -> bytes:
+    if fd == AT_FDCWD:
+        with lookup(k, c, AT_FDCWD, b".") as d:
+            return raw_stat(k, d.parent_fd, d.name, AT_SYMLINK_NOFOLLOW)
+    hostfd = k.guest_fd(c, fd)
+    try:
+        return raw_stat(k, hostfd, b"", AT_EMPTY_PATH)
+    finally:
+        os.close(hostfd)
+
+
+def do_stat(k, c: Call, dirfd: int, path_arg: int, buf: int, flags: int) -> int:
+    if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH | AT_NO_AUTOMOUNT):
+        raise SysError(errno.EINVAL)
+    path = c.path(path_arg) if (c.args[path_arg] or not flags & AT_EMPTY_PATH) else b""
+    if not path and flags & AT_EMPTY_PATH:
+        data = _stat_fd(k, c, dirfd)
+    else:
+        with lookup(k, c, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
+            data = raw_stat(k, d.parent_fd, d.name, AT_SYMLINK_NOFOLLOW)
+    c.write(c.args[buf], data)
+    return 0
+
+
+def sys_stat(k, c: Call):
+    return do_stat(k, c, AT_FDCWD, 0, 1, 0)
+
+
+def sys_lstat(k, c: Call):
+    return do_stat(k, c, AT_FDCWD, 0, 1, AT_SYMLINK_NOFOLLOW)
+
+
+def sys_newfstatat(k, c: Call):
+    return do_stat(k, c, s32(c.args[0]), 1, 2, s32(c.args[3]))
+
+
+def sys_fstat(k, c: Call):
+    hostfd = k.guest_fd(c, s32(c.args[0]))
+    try:
+        data = raw_stat(k, hostfd, b"", AT_EMPTY_PATH)
+    finally:
+        os.close(hostfd)
+    c.write(c.args[1], data)
+    return 0
+
+
+def sys_statx(k, c: Call):
+    dirfd, flags, mask, buf = s32(c.args[0]), s32(c.args[2]), c.args[3] & 0xFFFFFFFF, c.args[4]
+    if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH | AT_NO_AUTOMOUNT | AT_STATX_SYNC_TYPE):
+        raise SysError(errno.EINVAL)
+    if (flags & AT_STATX_SYNC_TYPE) == AT_STATX_SYNC_TYPE or mask & STATX_RESERVED:
+        raise SysError(errno.EINVAL)
+    out = ffi.new("char[]", STATX_SIZE)
+    sync = flags & AT_STATX_SYNC_TYPE
+    path = c.path(1) if (c.args[1] or not flags & AT_EMPTY_PATH) else b""
+    if not path and flags & AT_EMPTY_PATH and dirfd != AT_FDCWD:
+        hostfd = k.guest_fd(c, dirfd)
+        try:
+            r = lib.sysemu_statx(hostfd, b"", AT_EMPTY_PATH | sync, mask, out)
+        finally:
+            os.close(hostfd)
+    else:
+        with lookup(k, c, dirfd, path or b".", follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
+            r = lib.sysemu_statx(d.parent_fd, d.name, AT_SYMLINK_NOFOLLOW | sync, mask, out)
+    if r < 0:
+        raise SysError(-r)
+    data = bytearray(ffi.buffer(out, STATX_SIZE))
+    _fake_owner(k, data, 20, 24)
+    c.write(buf, bytes(data))
+    return 0
+
+
+# ---- access, readlink -------------------------------------------------------------
+
+def do_access(k, c: Call, dirfd: int, path: bytes, mode: int, flags: int) -> int:
+    if mode & ~7:
+        raise SysError(errno.EINVAL)
+    if flags & ~(AT_EACCESS | AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
+        raise SysError(errno.EINVAL)
+    if not path and flags & AT_EMPTY_PATH:
+        path = b"."
+    with lookup(k, c, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
+        st = d.st
+        if mode & os.W_OK:
+            check_writable(d)
+        cred = c.proc.cred
+        uid = cred.euid if flags & AT_EACCESS else cred.ruid
+        if uid == 0:
+            if mode & os.X_OK and not stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o111:
+                raise SysError(errno.EACCES)
+        elif not permitted(st, cred, mode, k.own_uids):
+            raise SysError(errno.EACCES)
+    return 0
+
+
+def sys_access(k, c: Call):
+    return do_access(k, c, AT_FDCWD, c.path(0), s32(c.args[1]), 0)
+
+
+def sys_faccessat(k, c: Call):
+    return do_access(k, c, s32(c.args[0]), c.path(1), s32(c.args[2]), 0)
+
+
+def sys_faccessat2(k, c: Call):
+    flags = s32(c.args[3])
+    path = c.path(1) if (c.args[1] or not flags & AT_EMPTY_PATH) else b""
+    return do_access(k, c, s32(c.args[0]), path, s32(c.args[2]), flags)
+
+
+def do_readlink(k, c: Call, dirfd: int, path: bytes, buf: int, size: int) -> int:
+    if size <= 0:
+        raise SysError(errno.EINVAL)
+    with lookup(k, c, dirfd, path, follow=False) as d:
+        if not stat.S_ISLNK(d.st.st_mode):
+            raise SysError(errno.EINVAL)
+        target = os.readlink(d.name, dir_fd=d.parent_fd)
+    out = target[:size]
+    c.write(buf, out)
+    return len(out)
+
+
+def sys_readlink(k, c: Call):
+    return do_readlink(k, c, AT_FDCWD, c.path(0), c.args[1], s32(c.args[2]))
+
+
+def sys_readlinkat(k, c: Call):
+    return do_readlink(k, c, s32(c.args[0]), c.path(1), c.args[2], s32(c.args[3]))
+
+
+# ---- working directory and root --------------------------------------------------------
+
+def sys_getcwd(k, c: Call):
+    cwd = b"/" + b"/".join(c.proc.fs.cwd[len(c.proc.fs.root):]) + b"\0"
+    if c.args[1] < len(cwd):
+        raise SysError(errno.ERANGE)
+    c.write(c.args[0], cwd)
+    return len(cwd)
+
+
+def _enter_dir(k, c: Call, path: bytes) -> tuple:
+    with lookup(k, c, AT_FDCWD, path) as d:
+        if not stat.S_ISDIR(d.st.st_mode):
+            raise SysError(errno.ENOTDIR)
+        check = may_search(c)
+        if check is not None and not check(d.st):
+            raise SysError(errno.EACCES)
+        return d.comps
+
+
+def sys_chdir(k, c: Call):
+    c.proc.fs.cwd = _enter_dir(k, c, c.path(0))
+    return 0
+
+
+def sys_fchdir(k, c: Call):
+    hostfd = k.guest_fd(c, s32(c.args[0]))
+    try:
+        if not stat.S_ISDIR(os.fstat(hostfd).st_mode):
+            raise SysError(errno.ENOTDIR)
+        c.proc.fs.cwd = fd_comps(k, hostfd)
+    finally:
+        os.close(hostfd)
+    return 0
+
+
+def sys_chroot(k, c: Call):
+    if c.proc.cred.euid != 0:
+        raise SysError(errno.EPERM)
+    c.proc.fs.root = _enter_dir(k, c, c.path(0))
+    return 0
+
+
+# ---- statfs ------------------------------------------------------------------------
+
+def _statfs_fd(c: Call, hostfd: int) -> int:
+    out = ffi.new("char[]", STATFS_SIZE)
+    r = lib.sysemu_syscall6(138, hostfd, int(ffi.cast("long", out)), 0, 0, 0, 0)  # fstatfs
+    if r < 0:
+        raise SysError(-r)
+    c.write(c.args[1], bytes(ffi.buffer(out, STATFS_SIZE)))
+    return 0
+
+
+def sys_statfs(k, c: Call):
+    with lookup(k, c, AT_FDCWD, c.path(0)) as d:
+        fd = os.open(d.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d.parent_fd)
+    try:
+        return _statfs_fd(c, fd)
+    finally:
+        os.close(fd)
+
+
+def register(t) -> None:
+    for name, fn in (("open", sys_open), ("creat", sys_creat), ("openat", sys_openat),
+                     ("openat2", sys_openat2), ("stat", sys_stat), ("lstat", sys_lstat),
+                     ("newfstatat", sys_newfstatat), ("fstat", sys_fstat), ("statx", sys_statx),
+                     ("access", sys_access), ("faccessat", sys_faccessat),
+                     ("faccessat2", sys_faccessat2), ("readlink", sys_readlink),
+                     ("readlinkat", sys_readlinkat), ("getcwd", sys_getcwd), ("chdir", sys_chdir),
+                     ("fchdir", sys_fchdir), ("chroot", sys_chroot), ("statfs", sys_statfs)):
+        t.emulate(name, fn, note="path walk in the guest VFS")

@@ -1,0 +1,134 @@
+"""The syscall table: one entry for every x86-64 syscall number.
+
+It is the single source of truth. The seccomp filter is compiled from it
+(sysemu/filter.py), the supervisor dispatches through it (umlrun/kernel.py),
+the trace view prints from it and docs/syscalls.md is generated from it.
+
+Dispositions:
+  NATIVE    the host kernel runs it untouched; it never traps.
+  EMULATED  seccomp user-notify: the guest kernel answers (handler in a family module).
+  PTRACE    seccomp RET_TRACE: handled at a ptrace stop, because registers or
+            memory of the guest must change (execve's path, for one).
+  DENIED    answered by the filter itself with an errno, never reaching Python.
+A number missing from the table is DENIED with ENOSYS: default-deny.
+"""
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+from typing import Callable
+
+NATIVE, EMULATED, PTRACE, DENIED = "native", "emulated", "ptrace", "denied"
+
+# Newer than python-ptrace's list (it stops at 440); numbers from the kernel's
+# arch/x86/entry/syscalls/syscall_64.tbl.
+_NEWER_NAMES = {
+    441: "epoll_pwait2", 442: "mount_setattr", 443: "quotactl_fd", 444: "landlock_create_ruleset",
+    445: "landlock_add_rule", 446: "landlock_restrict_self", 447: "memfd_secret",
+    448: "process_mrelease", 449: "futex_waitv", 450: "set_mempolicy_home_node", 451: "cachestat",
+    452: "fchmodat2", 453: "map_shadow_stack", 454: "futex_wake", 455: "futex_wait",
+    456: "futex_requeue", 457: "statmount", 458: "listmount", 459: "lsm_get_self_attr",
+    460: "lsm_set_self_attr", 461: "lsm_list_modules", 462: "mseal", 463: "setxattrat",
+    464: "getxattrat", 465: "listxattrat", 466: "removexattrat", 467: "open_tree_attr",
+    468: "file_getattr", 469: "file_setattr",
+}
+MAX_NR = 469
+
+# Signatures python-ptrace lacks: (argument type, name) pairs for the trace view.
+_NEWER_SIGNATURES = {
+    "openat2": (("int", "dirfd"), ("const char *", "pathname"), ("struct open_how *", "how"),
+                ("size_t", "size")),
+    "faccessat2": (("int", "dirfd"), ("const char *", "pathname"), ("int", "mode"), ("int", "flags")),
+    "fchmodat2": (("int", "dirfd"), ("const char *", "pathname"), ("mode_t", "mode"), ("int", "flags")),
+    "clone3": (("struct clone_args *", "args"), ("size_t", "size")),
+    "close_range": (("unsigned int", "first"), ("unsigned int", "last"), ("unsigned int", "flags")),
+    "pidfd_open": (("pid_t", "pid"), ("unsigned int", "flags")),
+    "pidfd_send_signal": (("int", "pidfd"), ("int", "sig"), ("siginfo_t *", "info"),
+                          ("unsigned int", "flags")),
+    "pidfd_getfd": (("int", "pidfd"), ("int", "targetfd"), ("unsigned int", "flags")),
+}
+
+
+@dataclass(slots=True)
+class Syscall:
+    nr: int
+    name: str
+    disposition: str = DENIED
+    errno: int = errno.ENOSYS          # for DENIED
+    handler: Callable | None = None    # for EMULATED / PTRACE
+    native_if_zero: int | None = None  # EMULATED, but the filter lets it run natively when this arg is 0
+    note: str = ""
+    signature: tuple = field(default=())
+
+
+def _names() -> dict[int, str]:
+    from ptrace.syscall.linux.x86_64 import SYSCALL_NAMES
+    names = {nr: name for nr, name in SYSCALL_NAMES.items() if nr <= MAX_NR}
+    names.update(_NEWER_NAMES)
+    names[283] = "timerfd_create"  # python-ptrace calls it "timerfd"
+    return names
+
+
+def _signature(name: str) -> tuple:
+    from ptrace.syscall.prototypes import SYSCALL_PROTOTYPES
+    proto = SYSCALL_PROTOTYPES.get(name)
+    return tuple(proto[1]) if proto else _NEWER_SIGNATURES.get(name, ())
+
+
+class SyscallTable:
+    """Every x86-64 syscall by number and by name. Family modules fill it in."""
+
+    def __init__(self):
+        self.by_nr: dict[int, Syscall] = {}
+        self.by_name: dict[str, Syscall] = {}
+        for nr, name in sorted(_names().items()):
+            entry = Syscall(nr, name, signature=_signature(name), note="not implemented")
+            self.by_nr[nr] = entry
+            self.by_name[name] = entry
+
+    def __getitem__(self, name: str) -> Syscall:
+        return self.by_name[name]
+
+    def __iter__(self):
+        return iter(self.by_nr.values())
+
+    def native(self, names: str, note: str = "") -> None:
+        for name in names.split():
+            self._set(name, NATIVE, note=note)
+
+    def deny(self, names: str, err: int, note: str) -> None:
+        for name in names.split():
+            self._set(name, DENIED, errno=err, note=note)
+
+    def emulate(self, name: str, handler: Callable, note: str = "", native_if_zero: int | None = None):
+        self._set(name, EMULATED, handler=handler, note=note, native_if_zero=native_if_zero)
+
+    def ptrace(self, name: str, handler: Callable, note: str = "") -> None:
+        self._set(name, PTRACE, handler=handler, note=note)
+
+    def _set(self, name: str, disposition: str, **kw) -> None:
+        entry = self.by_name[name]
+        entry.disposition = disposition
+        entry.handler = kw.get("handler")
+        entry.errno = kw.get("errno", errno.ENOSYS)
+        entry.native_if_zero = kw.get("native_if_zero")
+        entry.note = kw.get("note", "")
+
+    def private(self, nr: int, name: str, handler: Callable, note: str) -> None:
+        """A number no Linux syscall uses, produced only by the supervisor itself."""
+        entry = Syscall(nr, name, EMULATED, handler=handler, note=note)
+        self.by_nr[nr] = self.by_name[name] = entry
+
+    def name_of(self, nr: int) -> str:
+        entry = self.by_nr.get(nr)
+        return entry.name if entry else f"syscall_{nr}"
+
+
+def build_table() -> SyscallTable:
+    """The full table: natives, denials, then each family's emulated handlers."""
+    from umlrun.syscalls import attrs, exec, files, identity, namespace, policy, signals, sockets, system
+    table = SyscallTable()
+    policy.register(table)
+    for family in (files, namespace, attrs, exec, identity, signals, system, sockets):
+        family.register(table)
+    return table
