@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from hostfs.mount import MountError, MountTable, split
-from hostfs.pathwalk import WalkError
+from hostfs.pathwalk import PathWalk, WalkError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -78,9 +78,9 @@ class Jail:
 
     def build_mounts(self) -> None:
         cfg, mt = self.cfg, self.mounts
+        empty = self._dir("empty", 0o555)
         if cfg.rootfs is None:
             mt.add(b"/", b"/", readonly=True)
-            empty = self._dir("empty", 0o555)
             # Host state a guest must not see: other processes, kernel tunables.
             for masked in (b"/proc", b"/sys"):
                 mt.add(masked, empty, readonly=True, kind="masked")
@@ -95,6 +95,20 @@ class Jail:
         self._build_dev()
         for b in cfg.binds:
             mt.add(b.guest.encode(), b.host.encode(), readonly=b.readonly)
+        # A mount point whose parent directories the tree lacks gets empty
+        # read-only directories on the way, as mkdir -p would have made.
+        for point in sorted(mt.by_point, key=len):
+            for i in range(1, len(point)):
+                prefix = point[:i]
+                if mt.at(prefix) is None and not self._exists(prefix):
+                    mt.add(b"/" + b"/".join(prefix), empty, readonly=True, kind="synthetic")
+
+    def _exists(self, comps: tuple) -> bool:
+        try:
+            with PathWalk(self.mounts).walk(b"/" + b"/".join(comps)):
+                return True
+        except WalkError:
+            return False
 
     def _build_dev(self) -> None:
         dev = self._dir("dev", 0o755)
