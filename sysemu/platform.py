@@ -27,6 +27,7 @@ PTRACE_O_EXITKILL = 0x100000
 EVENT_FORK, EVENT_VFORK, EVENT_CLONE, EVENT_EXEC, EVENT_SECCOMP, EVENT_STOP = 1, 2, 3, 4, 7, 128
 USER_NOTIF_FLAG_CONTINUE = 1
 NOTIFY, WAIT = 1, 2
+MAX_COPY = 1 << 26
 
 OPTIONS = (PTRACE_O_EXITKILL | PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK
            | PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESECCOMP)
@@ -154,6 +155,8 @@ class Platform:
     def read(self, pid: int, addr: int, size: int) -> bytes:
         if size == 0:
             return b""
+        if size > MAX_COPY:  # handlers cap what Linux caps; this is the safety net
+            raise GuestFault(errno.EFAULT)
         buf = ffi.new("char[]", size)
         r = lib.sysemu_read(pid, addr, buf, size)
         if r < 0:

@@ -60,6 +60,7 @@ def sys_mkdirat(k, c):
 
 
 def do_mknod(k, c: Call, dirfd: int, path: bytes, mode: int, dev: int) -> int:
+    mode &= 0xFFFF  # umode_t
     kind = stat.S_IFMT(mode) or stat.S_IFREG
     if kind in (stat.S_IFCHR, stat.S_IFBLK):
         # Device nodes need the fake-ownership store (placeholders); until then,

@@ -20,6 +20,7 @@ from umlrun.kernel import CONTINUE, DEFERRED, Call, SysError
 from umlrun.syscalls.files import AT_FDCWD, check_writable, give_to_guest, lookup, s32
 
 SOCKADDR_MAX = 128
+MAX_DATAGRAM = 1 << 22  # sendto with an address copies the data once; larger is EMSGSIZE
 UNIX_PATH_MAX = 108
 NR_BIND, NR_CONNECT, NR_SENDTO = 49, 42, 44
 
@@ -133,6 +134,8 @@ def sys_connect(k, c: Call):
 
 def sys_sendto(k, c: Call):
     raw = _read_addr(c, c.args[4], c.args[5])
+    if c.args[2] > MAX_DATAGRAM:
+        raise SysError(errno.EMSGSIZE)
     data = c.read(c.args[1], c.args[2]) if c.args[2] else b""
     return _send_or_connect(k, c, NR_SENDTO, raw, data, s32(c.args[3]))
 
