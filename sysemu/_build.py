@@ -38,7 +38,7 @@ int sysemu_sigchld_fd(void);
 int sysemu_wait(int notify_fd, int sig_fd, struct sysemu_event *ev);
 int sysemu_notify_set_sync(int notify_fd);
 int sysemu_respond(int notify_fd, uint64_t id, int64_t val, int error, uint32_t flags);
-int sysemu_addfd(int notify_fd, uint64_t id, int srcfd, uint32_t newfd_flags, int send);
+int sysemu_addfd(int notify_fd, uint64_t id, int srcfd, uint32_t newfd_flags, int send, int tid);
 int sysemu_id_valid(int notify_fd, uint64_t id);
 
 long sysemu_read(int pid, uint64_t addr, void *buf, size_t len);

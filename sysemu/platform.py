@@ -28,6 +28,7 @@ EVENT_FORK, EVENT_VFORK, EVENT_CLONE, EVENT_EXEC, EVENT_SECCOMP, EVENT_STOP = 1,
 USER_NOTIF_FLAG_CONTINUE = 1
 NOTIFY, WAIT = 1, 2
 MAX_COPY = 1 << 26
+WALL = 0x40000000
 
 OPTIONS = (PTRACE_O_EXITKILL | PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK
            | PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESECCOMP)
@@ -142,10 +143,11 @@ class Platform:
         arguments are plain integers: nothing in guest memory can change under us)."""
         lib.sysemu_respond(self.notify_fd, notif_id, 0, 0, USER_NOTIF_FLAG_CONTINUE)
 
-    def install_fd(self, notif_id: int, hostfd: int, cloexec: bool, send: bool = True) -> int:
+    def install_fd(self, notif_id: int, hostfd: int, cloexec: bool, send: bool = True, tid: int = 0) -> int:
         """Install hostfd in the guest; with send, it is also the call's result
-        (one round trip). Returns the guest fd number or -errno."""
-        return lib.sysemu_addfd(self.notify_fd, notif_id, hostfd, os.O_CLOEXEC if cloexec else 0, int(send))
+        (one round trip). tid: the guest thread, kept on this CPU meanwhile.
+        Returns the guest fd number or -errno."""
+        return lib.sysemu_addfd(self.notify_fd, notif_id, hostfd, os.O_CLOEXEC if cloexec else 0, int(send), tid)
 
     def still_valid(self, notif_id: int) -> bool:
         return lib.sysemu_id_valid(self.notify_fd, notif_id) == 0
@@ -190,6 +192,30 @@ class Platform:
 
     def setregs(self, pid: int, regs) -> None:
         lib.sysemu_setregs(pid, regs)
+
+    def inject_syscall(self, pid: int, regs, nr: int, *args: int) -> int:
+        """At a seccomp or syscall-entry stop: run `nr(args)` in the tracee in place
+        of the call it was making, and return its result (or -errno).
+
+        The tracee is left stopped at the exit of the injected call with its
+        registers restored from `regs`, except rax; setregs(regs) with the
+        answer for the original call in regs.rax, then resume it."""
+        inj = ffi.new("struct user_regs_struct *", regs[0])
+        inj.orig_rax = nr
+        for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
+            setattr(inj, name, value & 0xFFFFFFFFFFFFFFFF)
+        lib.sysemu_setregs(pid, inj)
+        lib.sysemu_cont(pid, PTRACE_SYSCALL, 0)
+        while True:  # the exit stop of the injected call (other guests' events stay queued)
+            _, status = os.waitpid(pid, WALL)
+            if os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGTRAP | 0x80:
+                break
+            if not os.WIFSTOPPED(status):
+                raise GuestFault(errno.ESRCH)
+            lib.sysemu_cont(pid, PTRACE_SYSCALL, os.WSTOPSIG(status) if status >> 16 == 0 else 0)
+        lib.sysemu_getregs(pid, inj)
+        rax = inj.rax
+        return rax - (1 << 64) if rax >> 63 else rax
 
     def eventmsg(self, pid: int) -> int:
         msg = ffi.new("unsigned long *")

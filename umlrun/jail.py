@@ -14,6 +14,7 @@ import stat
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from typing import Callable
 
 from hostfs.mount import MountError, MountTable, split
 from hostfs.pathwalk import PathWalk, WalkError
@@ -60,6 +61,7 @@ class JailConfig:
     rw: bool = False
     trap_all: bool = False
     trace_file: str | None = None
+    setup: Callable | None = None        # called with the Kernel before the guest starts
 
 
 class Jail:
@@ -185,6 +187,8 @@ class Jail:
         self.kernel = k = Kernel(self.mounts, hostname=cfg.hostname.encode(), trap_all=cfg.trap_all,
                                  guest_host_uid=NOBODY if root else None,
                                  guest_host_gid=NOBODY if root else None)
+        if cfg.setup is not None:
+            cfg.setup(k)
         env = self.environment()
         cwd = self.guest_cwd()
         path = self.find_command(cfg.argv[0], env, cwd)

@@ -29,6 +29,7 @@ from sysemu.platform import (
     PTRACE_LISTEN,
     PTRACE_SYSCALL,
     PTRACE_SYSEMU,
+    WALL,
     GuestFault,
     Platform,
 )
@@ -133,7 +134,7 @@ class Kernel:
                 pass
         while True:
             try:
-                pid, _ = os.waitpid(-1, os.__dict__.get("__WALL", 0x40000000))
+                pid, _ = os.waitpid(-1, WALL)
             except ChildProcessError:
                 break
             self.procs.remove(pid)
@@ -164,7 +165,7 @@ class Kernel:
         elif result is DEFERRED:
             pass
         elif isinstance(result, InstallFd):
-            r = platform.install_fd(n.id, result.fd, result.cloexec)
+            r = platform.install_fd(n.id, result.fd, result.cloexec, tid=n.pid)
             os.close(result.fd)
             if r < 0:
                 platform.respond(n.id, r)

@@ -178,7 +178,7 @@ def sys_exec_fd(k, c: Call):
     prep = c.proc.exec_pending
     if prep is None or prep.hostfd < 0:
         raise SysError(errno.ENOSYS)
-    fd = k.platform.install_fd(c.id, prep.hostfd, cloexec=True, send=False)
+    fd = k.platform.install_fd(c.id, prep.hostfd, cloexec=True, send=False, tid=c.pid)
     os.close(prep.hostfd)
     prep.hostfd = -1
     if fd < 0:
