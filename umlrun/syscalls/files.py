@@ -18,7 +18,8 @@ AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW, AT_REMOVEDIR, AT_SYMLINK_FOLLOW = 0x100, 0x200, 0x400
 AT_NO_AUTOMOUNT, AT_EMPTY_PATH, AT_EACCESS = 0x800, 0x1000, 0x200
 AT_STATX_SYNC_TYPE = 0x6000
-O_TMPFILE = 0o20000000 | os.O_DIRECTORY
+__O_TMPFILE = 0o20000000
+O_TMPFILE = __O_TMPFILE | os.O_DIRECTORY
 RESOLVE_NO_XDEV, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS = 0x01, 0x02, 0x04
 RESOLVE_BENEATH, RESOLVE_IN_ROOT, RESOLVE_CACHED = 0x08, 0x10, 0x20
 # Linux's VALID_OPEN_FLAGS for openat2 (it rejects any other bit).
@@ -55,17 +56,34 @@ def fd_comps(k, hostfd: int) -> tuple:
     return comps
 
 
+def guest_fd_link(call: Call, fd: int) -> bytes:
+    """/proc/PID/fd/N of a guest descriptor: works for O_PATH ones too, which
+    pidfd_getfd refuses. EBADF when the guest has no such descriptor."""
+    if fd < 0:
+        raise SysError(errno.EBADF)
+    link = b"/proc/%d/fd/%d" % (call.pid, fd)
+    try:
+        os.lstat(link)
+    except OSError:
+        raise SysError(errno.EBADF) from None
+    return link
+
+
 def base_dir(k, call: Call, dirfd: int) -> tuple:
     """Canonical guest path of the directory relative paths start from."""
     if dirfd == AT_FDCWD:
         return call.proc.fs.cwd
-    fd = k.guest_fd(call, dirfd)
+    link = guest_fd_link(call, dirfd)
     try:
-        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+        if not stat.S_ISDIR(os.stat(link).st_mode):
             raise SysError(errno.ENOTDIR)
-        return fd_comps(k, fd)
-    finally:
-        os.close(fd)
+        target = os.readlink(link)
+    except OSError as e:
+        raise SysError(errno.ENOTDIR if e.errno != errno.EBADF else e.errno) from None
+    comps = k.mounts.guest_path_of(target)
+    if comps is None:
+        raise SysError(errno.ENOENT)
+    return comps
 
 
 def may_search(call: Call):
@@ -141,10 +159,14 @@ def give_to_guest(k, parent_fd: int, name: bytes) -> None:
 def do_open(k, call: Call, dirfd: int, path: bytes, flags: int, mode: int, resolve: int = 0):
     acc = flags & os.O_ACCMODE
     creat = bool(flags & os.O_CREAT)
-    tmpfile = (flags & O_TMPFILE) == O_TMPFILE
+    tmpfile = bool(flags & __O_TMPFILE)
+    if tmpfile and ((flags & (O_TMPFILE | os.O_CREAT)) != O_TMPFILE or acc == os.O_RDONLY):
+        raise SysError(errno.EINVAL)
     follow = not (flags & os.O_NOFOLLOW) and not (creat and flags & os.O_EXCL)
     with lookup(k, call, dirfd, path, follow=follow, must_exist=not creat, resolve=resolve) as d:
         st = d.st
+        if st is not None and creat and flags & os.O_EXCL:
+            raise SysError(errno.EEXIST)
         if st is not None and stat.S_ISDIR(st.st_mode) and (acc != os.O_RDONLY or creat) and not tmpfile:
             raise SysError(errno.EISDIR)
         if d.mount.readonly and not flags & os.O_PATH:
@@ -153,6 +175,14 @@ def do_open(k, call: Call, dirfd: int, path: bytes, flags: int, mode: int, resol
         if creat and st is None or tmpfile:
             mode = mode & 0o7777 & ~call.proc.umask()
         hostflags = flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+        if flags & os.O_PATH:
+            # SECCOMP_IOCTL_NOTIF_ADDFD cannot install O_PATH descriptors: the guest
+            # gets the same object opened read-only instead (it may stat it, walk
+            # from it, fchdir to it, exec it). A symlink cannot be opened that way.
+            if stat.S_ISLNK(st.st_mode):
+                raise SysError(errno.ELOOP)
+            hostflags = (os.O_RDONLY | os.O_NONBLOCK | (flags & os.O_DIRECTORY) | os.O_NOFOLLOW
+                         | os.O_CLOEXEC | os.O_NOCTTY)
         if st is not None and stat.S_ISFIFO(st.st_mode) and not flags & (os.O_NONBLOCK | os.O_PATH):
             # Opening a FIFO blocks until the other end opens, which may be another
             # guest whose open waits behind this one: never block the supervisor.
@@ -219,7 +249,10 @@ def _stat_fd(k, c: Call, fd: int) -> bytes:
     if fd == AT_FDCWD:
         with lookup(k, c, AT_FDCWD, b".") as d:
             return raw_stat(k, d.parent_fd, d.name, AT_SYMLINK_NOFOLLOW)
-    hostfd = k.guest_fd(c, fd)
+    # Through /proc/PID/fd/N without following: the descriptor's own object,
+    # O_PATH descriptors (even of symlinks) included.
+    link = guest_fd_link(c, fd)
+    hostfd = os.open(link, os.O_PATH | os.O_CLOEXEC)
     try:
         return raw_stat(k, hostfd, b"", AT_EMPTY_PATH)
     finally:
@@ -252,12 +285,10 @@ def sys_newfstatat(k, c: Call):
 
 
 def sys_fstat(k, c: Call):
-    hostfd = k.guest_fd(c, s32(c.args[0]))
-    try:
-        data = raw_stat(k, hostfd, b"", AT_EMPTY_PATH)
-    finally:
-        os.close(hostfd)
-    c.write(c.args[1], data)
+    fd = s32(c.args[0])
+    if fd == AT_FDCWD:
+        raise SysError(errno.EBADF)
+    c.write(c.args[1], _stat_fd(k, c, fd))
     return 0
 
 

@@ -88,13 +88,26 @@ def _removable(k, d) -> None:
     check_writable(d)
 
 
+def _doomed(k, c: Call, dirfd: int, path: bytes):
+    """Dentry of a name about to be removed or renamed. Like Linux, a read-only
+    mount is refused before the name itself is looked at (EROFS before ENOENT)."""
+    d = lookup(k, c, dirfd, path, follow=False, must_exist=False)
+    if d.mount.readonly:
+        d.close()
+        raise SysError(errno.EROFS)
+    if not d.exists:
+        d.close()
+        raise SysError(errno.ENOENT)
+    return d
+
+
 def do_rmdir(k, c: Call, dirfd: int, path: bytes) -> int:
     last = _last_component(path)
     if last == b".":
         raise SysError(errno.EINVAL)
     if last == b"..":
         raise SysError(errno.ENOTEMPTY)
-    with lookup(k, c, dirfd, path, follow=False) as d:
+    with _doomed(k, c, dirfd, path) as d:
         if not stat.S_ISDIR(d.st.st_mode):
             raise SysError(errno.ENOTDIR)
         _removable(k, d)
@@ -103,7 +116,7 @@ def do_rmdir(k, c: Call, dirfd: int, path: bytes) -> int:
 
 
 def do_unlink(k, c: Call, dirfd: int, path: bytes) -> int:
-    with lookup(k, c, dirfd, path, follow=False) as d:
+    with _doomed(k, c, dirfd, path) as d:
         if path.endswith(b"/"):
             raise SysError(errno.EISDIR if stat.S_ISDIR(d.st.st_mode) else errno.ENOTDIR)
         _removable(k, d)
@@ -148,7 +161,7 @@ def do_rename(k, c: Call, olddir: int, old: bytes, newdir: int, new: bytes, flag
         raise SysError(errno.EINVAL)
     if _last_component(old) in (b".", b"..") or _last_component(new) in (b".", b".."):
         raise SysError(errno.EBUSY)
-    with lookup(k, c, olddir, old, follow=False) as src, \
+    with _doomed(k, c, olddir, old) as src, \
             lookup(k, c, newdir, new, follow=False, must_exist=False) as dst:
         if src.mount is not dst.mount:
             raise SysError(errno.EXDEV)
