@@ -3,6 +3,7 @@ import os
 import pathlib
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -40,22 +41,62 @@ echo "done $?"
 """
 
 
+SCRIPT2 = r"""
+set -e
+cd /tmp; mkdir -p w2/sub; cd w2
+touch -d '2020-01-02 03:04:05' f1; stat -c '%Y %s %a %F' f1
+chmod 640 f1; stat -c '%a' f1
+ln f1 hard; stat -c '%h' f1
+ln -s sub/../f1 soft; readlink soft; readlink -f soft; stat -L -c '%a' soft
+mv hard sub/h2; ls sub; cd sub; cd ..; pwd
+mkfifo ff; (echo via-fifo > ff &); cat ff
+echo 0123456789 > t; truncate -s 4 t; cat t; echo
+echo data > g; exec 3<g; read line <&3; echo $line; exec 3<&-
+test -x /bin/sh && echo x-ok; test -e /nonexistent || echo no-such
+printf '#!/bin/sh
+echo "inner $0 $1"
+' > inner; chmod +x inner
+printf '#!/tmp/w2/inner -arg
+' > outer; chmod +x outer
+./outer extra
+find . | sort; rm -r sub; ls
+cd /; ls -d /tmp/w2/../w2/. ; cd /tmp/w2/.. && pwd
+"""
+
+
 def need_root(why: str):
     if os.geteuid() != 0:
         pytest.skip(f"needs root: {why}")
 
 
-def test_busybox_script_matches_native_chroot(busybox_root, tmp_path):
-    need_root("the native side is a chroot")
+def native_chroot(busybox_root, tmp_path, script):
+    """Run script natively in a chroot of a copy of the tree, with the devices the jail offers."""
     copy = tmp_path / "tree"
     shutil.copytree(busybox_root, copy, symlinks=True)
-    native = subprocess.run(["chroot", str(copy), "/bin/sh", "-c", SCRIPT], capture_output=True, text=True,
-                            env={"PATH": "/bin:/sbin:/usr/bin:/usr/sbin"})
+    for name, minor in (("null", 3), ("zero", 5), ("urandom", 9)):
+        os.mknod(copy / "dev" / name, 0o666 | stat.S_IFCHR, os.makedev(1, minor))
+    return subprocess.run(["chroot", str(copy), "/bin/sh", "-c", script], capture_output=True, text=True,
+                          env={"PATH": "/bin:/sbin:/usr/bin:/usr/sbin"}, timeout=60)
+
+
+def test_busybox_script_matches_native_chroot(busybox_root, tmp_path):
+    need_root("the native side is a chroot")
+    native = native_chroot(busybox_root, tmp_path, SCRIPT)
     assert native.returncode == 0, native.stderr
     jailed = umlrun("run", "-r", busybox_root, "--", "/bin/sh", "-c", SCRIPT)
     assert jailed.returncode == 0, jailed.stderr
     assert jailed.stdout == native.stdout
     assert "done 0" in jailed.stdout
+
+
+def test_more_file_calls_match_native_chroot(busybox_root, tmp_path):
+    need_root("the native side is a chroot")
+    native = native_chroot(busybox_root, tmp_path, SCRIPT2)
+    assert native.returncode == 0, native.stderr
+    jailed = umlrun("run", "-r", busybox_root, "--", "/bin/sh", "-c", SCRIPT2)
+    assert jailed.returncode == 0, jailed.stderr
+    assert jailed.stdout == native.stdout
+    assert "inner /tmp/w2/inner -arg" in jailed.stdout  # a #! interpreter that is itself a script
 
 
 def test_guest_sees_its_own_tree_and_is_root(busybox_root):
