@@ -35,6 +35,7 @@ class Mount:
     parent_fd: int = -1             # for a file mount: its host directory, and its name there
     name: bytes = b"."
     st_dev: int = field(default=0)
+    fs: object = None               # a synthetic filesystem (ProcFS) refreshing this tree, or None
 
     def open(self) -> None:
         try:
@@ -56,10 +57,12 @@ class Mount:
 class MountTable:
     def __init__(self):
         self.by_point: dict[tuple[bytes, ...], Mount] = {}
+        self.synthetic = False      # any mount with a refreshing filesystem?
 
-    def add(self, guest: bytes, host: bytes, readonly: bool = False, kind: str = "bind") -> Mount:
-        m = Mount(split(guest), os.path.realpath(host), readonly, kind)
+    def add(self, guest: bytes, host: bytes, readonly: bool = False, kind: str = "bind", fs=None) -> Mount:
+        m = Mount(split(guest), os.path.realpath(host), readonly, kind, fs=fs)
         m.open()
+        self.synthetic = self.synthetic or fs is not None
         old = self.by_point.pop(m.guest, None)
         if old is not None:
             os.close(old.fd)

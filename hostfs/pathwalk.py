@@ -22,6 +22,10 @@ import stat
 
 from hostfs.mount import Mount, MountTable, join
 
+# The mount of a magic link's object outside every guest mount (a descriptor
+# the guest inherited, such as its stdout): the guest already holds it open.
+MAGIC_MOUNT = Mount((), b"", readonly=False, kind="magic")
+
 O_DIRPATH = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 MAX_LINKS = 40
 NAME_MAX = 255
@@ -39,11 +43,21 @@ class Dentry:
     `st` is the object's lstat (None when it does not exist yet). Descriptors
     the walk opened are closed by close() (use it as a context manager)."""
 
-    __slots__ = ("parent_fd", "name", "comps", "mount", "st", "_owned")
+    __slots__ = ("parent_fd", "name", "comps", "mount", "st", "_owned", "magic")
 
-    def __init__(self, parent_fd, name, comps, mount, st, owned):
+    def __init__(self, parent_fd, name, comps, mount, st, owned, magic=False):
         self.parent_fd, self.name, self.comps, self.mount, self.st = parent_fd, name, comps, mount, st
         self._owned = owned
+        self.magic = magic  # a /proc magic link: (parent_fd, name) must be followed to reach the object
+
+    @property
+    def nofollow(self) -> int:
+        """AT_SYMLINK_NOFOLLOW, except for magic links, which are followed on purpose."""
+        return 0 if self.magic else 0x100
+
+    @property
+    def o_nofollow(self) -> int:
+        return 0 if self.magic else os.O_NOFOLLOW
 
     @property
     def exists(self) -> bool:
@@ -83,7 +97,7 @@ class PathWalk:
 
     def walk(self, path: bytes, *, base: tuple = (), root: tuple = (), follow: bool = True,
              must_exist: bool = True, may_search=None, no_symlinks: bool = False,
-             beneath: bool = False) -> Dentry:
+             beneath: bool = False, caller=None) -> Dentry:
         """Resolve `path` (relative ones from `base`) under the guest root `root`.
 
         may_search(st) -> bool checks directory search permission (None: fake root).
@@ -93,13 +107,14 @@ class PathWalk:
             raise WalkError(errno.ENOENT)
         owned: list[int] = []
         try:
-            return self._walk(path, base, root, follow, must_exist, may_search, no_symlinks, beneath, owned)
+            return self._walk(path, base, root, follow, must_exist, may_search, no_symlinks, beneath, owned,
+                              caller)
         except BaseException:
             for fd in owned:
                 os.close(fd)
             raise
 
-    def _walk(self, path, base, root, follow, must_exist, may_search, no_symlinks, beneath, owned):
+    def _walk(self, path, base, root, follow, must_exist, may_search, no_symlinks, beneath, owned, caller):
         absolute = path.startswith(b"/")
         if absolute and beneath:
             raise WalkError(errno.EXDEV)
@@ -134,6 +149,10 @@ class PathWalk:
                     return Dentry(m.parent_fd, m.name, child, m, os.stat(m.name, dir_fd=m.parent_fd), owned)
                 comps, fd = list(child), m.fd
                 continue
+            here = self.mounts.containing(tuple(comps)) if self.mounts.synthetic else None
+            fs = here.fs if here is not None else None
+            if fs is not None:
+                fs.refresh(tuple(comps[len(here.guest):]), c, caller)
             try:
                 st = os.stat(c, dir_fd=fd, follow_symlinks=False)
             except OSError as e:
@@ -146,6 +165,10 @@ class PathWalk:
                 links += 1
                 if links > MAX_LINKS:
                     raise WalkError(errno.ELOOP)
+                if fs is not None and last:
+                    magic = fs.magic(tuple(comps[len(here.guest):]), c)
+                    if magic is not None:
+                        return self._magic_dentry(magic, child, owned)
                 target = os.readlink(c, dir_fd=fd)
                 if not target:
                     raise WalkError(errno.ENOENT)
@@ -169,11 +192,31 @@ class PathWalk:
                 raise WalkError(e.errno) from None
             owned.append(fd)
             comps = list(child)
-        return self._dir_dentry(tuple(comps), owned)
+        return self._dir_dentry(tuple(comps), owned, caller)
 
-    def _dir_dentry(self, comps: tuple, owned: list[int]) -> Dentry:
+    def _magic_dentry(self, magic, comps: tuple, owned: list[int]) -> Dentry:
+        """A /proc magic link: the object a guest descriptor holds, reached through
+        the host's own /proc/PID/fd/N (so a pipe or a deleted file is reachable too)."""
+        host_dir, name = magic
+        try:
+            dfd = os.open(host_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise WalkError(errno.ENOENT if e.errno == errno.ENOENT else e.errno) from None
+        owned.append(dfd)
+        try:
+            st = os.stat(name, dir_fd=dfd)
+            target = os.readlink(name, dir_fd=dfd)
+        except OSError as e:
+            raise WalkError(e.errno) from None
+        guest = self.mounts.guest_path_of(target) if target.startswith(b"/") else None
+        mount = self.mounts.containing(guest) if guest is not None else MAGIC_MOUNT
+        return Dentry(dfd, name, comps, mount, st, owned, magic=True)
+
+    def _dir_dentry(self, comps: tuple, owned: list[int], caller=None) -> Dentry:
         """The path ended on a directory already reached (`/`, `.`, `..`, a mount root)."""
         m = self.mounts.at(comps)
+        if m is not None and m.fs is not None:
+            m.fs.refresh((), b".", caller)
         if m is not None:
             return Dentry(m.parent_fd, m.name, comps, m, os.stat(m.name, dir_fd=m.parent_fd,
                                                                   follow_symlinks=False), owned)
@@ -181,5 +224,3 @@ class PathWalk:
         st = os.stat(comps[-1], dir_fd=parent, follow_symlinks=False)
         return Dentry(parent, comps[-1], comps, self.mounts.containing(comps[:-1]), st, owned)
 
-    def mount_of_host_fd(self, comps: tuple) -> Mount:
-        return self.mounts.containing(comps)

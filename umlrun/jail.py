@@ -18,6 +18,7 @@ from typing import Callable
 
 from hostfs.mount import MountError, MountTable, split
 from hostfs.pathwalk import PathWalk, WalkError
+from hostfs.procfs import ProcFS
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -83,9 +84,6 @@ class Jail:
         empty = self._dir("empty", 0o555)
         if cfg.rootfs is None:
             mt.add(b"/", b"/", readonly=True)
-            # Host state a guest must not see: other processes, kernel tunables.
-            for masked in (b"/proc", b"/sys"):
-                mt.add(masked, empty, readonly=True, kind="masked")
         else:
             if not os.path.isdir(cfg.rootfs):
                 raise JailError(f"rootfs '{cfg.rootfs}' is not a directory; "
@@ -95,6 +93,10 @@ class Jail:
         mt.add(b"/tmp", self._dir("tmp", 0o1777), kind="tmpfs")
         mt.add(b"/run", self._dir("run", 0o755), kind="tmpfs")
         self._build_dev()
+        # The guest's own /proc (guest processes only) and a minimal /sys.
+        self.procfs = ProcFS(self._dir("proc", 0o755), None)
+        mt.add(b"/proc", self.procfs.dir, readonly=True, kind="proc", fs=self.procfs)
+        mt.add(b"/sys", self._build_sys(), readonly=True, kind="sysfs")
         for b in cfg.binds:
             mt.add(b.guest.encode(), b.host.encode(), readonly=b.readonly)
         # A mount point whose parent directories the tree lacks gets empty
@@ -112,6 +114,19 @@ class Jail:
         except WalkError:
             return False
 
+    def _build_sys(self) -> bytes:
+        """/sys/devices/system/cpu: what programs read to count CPUs."""
+        sys_dir = self._dir("sys", 0o755)
+        cpu = os.path.join(sys_dir, b"devices/system/cpu")
+        os.makedirs(cpu)
+        for name in (b"online", b"possible", b"present"):
+            try:
+                with open(b"/sys/devices/system/cpu/" + name, "rb") as src, open(os.path.join(cpu, name), "wb") as dst:
+                    dst.write(src.read())
+            except OSError:
+                pass
+        return sys_dir
+
     def _build_dev(self) -> None:
         dev = self._dir("dev", 0o755)
         for name in DEVICES:
@@ -125,6 +140,16 @@ class Jail:
         for name in DEVICES:
             if os.path.exists(f"/dev/{name}"):
                 self.mounts.add(b"/dev/" + name.encode(), b"/dev/" + name.encode(), kind="devfs")
+        # The user's own terminal, at its own name (ttyname() checks it there);
+        # never the rest of the host's /dev/pts.
+        for fd in (0, 1, 2):
+            try:
+                tty = os.ttyname(fd).encode()
+            except OSError:
+                continue
+            if tty.startswith(b"/dev/pts/") and self.mounts.at(split(tty)) is None:
+                open(os.path.join(dev, b"pts", os.path.basename(tty)), "wb").close()
+                self.mounts.add(tty, tty, kind="devpts")
 
     # ---- the command -------------------------------------------------------------
 
@@ -187,6 +212,7 @@ class Jail:
         self.kernel = k = Kernel(self.mounts, hostname=cfg.hostname.encode(), trap_all=cfg.trap_all,
                                  guest_host_uid=NOBODY if root else None,
                                  guest_host_gid=NOBODY if root else None)
+        self.procfs.k = k
         if cfg.setup is not None:
             cfg.setup(k)
         env = self.environment()

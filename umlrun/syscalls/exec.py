@@ -54,7 +54,7 @@ def _open_program(k, c: Call, dirfd: int, path: bytes, follow: bool):
                 raise SysError(errno.EACCES)
         elif not permitted(st, cred, 1, k.own_uids):
             raise SysError(errno.EACCES)
-        fd = os.open(d.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d.parent_fd)
+        fd = os.open(d.name, os.O_RDONLY | d.o_nofollow | os.O_CLOEXEC, dir_fd=d.parent_fd)
     try:
         head = os.pread(fd, BINPRM_BUF, 0)
     except OSError:

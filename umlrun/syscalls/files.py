@@ -124,7 +124,7 @@ def lookup(k, call: Call, dirfd: int, path: bytes, *, follow: bool = True, must_
             path = path.lstrip(b"/") or b"."
     return k.vfs.walk(path, base=base, root=root, follow=follow, must_exist=must_exist,
                       may_search=may_search(call), no_symlinks=bool(resolve & RESOLVE_NO_SYMLINKS),
-                      beneath=bool(resolve & RESOLVE_BENEATH))
+                      beneath=bool(resolve & RESOLVE_BENEATH), caller=proc)
 
 
 def check_writable(d) -> None:
@@ -174,14 +174,14 @@ def do_open(k, call: Call, dirfd: int, path: bytes, flags: int, mode: int, resol
                 check_writable(d)
         if creat and st is None or tmpfile:
             mode = mode & 0o7777 & ~call.proc.umask()
-        hostflags = flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+        hostflags = flags | d.o_nofollow | os.O_CLOEXEC | os.O_NOCTTY
         if flags & os.O_PATH:
             # SECCOMP_IOCTL_NOTIF_ADDFD cannot install O_PATH descriptors: the guest
             # gets the same object opened read-only instead (it may stat it, walk
             # from it, fchdir to it, exec it). A symlink cannot be opened that way.
             if stat.S_ISLNK(st.st_mode):
                 raise SysError(errno.ELOOP)
-            hostflags = (os.O_RDONLY | os.O_NONBLOCK | (flags & os.O_DIRECTORY) | os.O_NOFOLLOW
+            hostflags = (os.O_RDONLY | os.O_NONBLOCK | (flags & os.O_DIRECTORY) | d.o_nofollow
                          | os.O_CLOEXEC | os.O_NOCTTY)
         if st is not None and stat.S_ISFIFO(st.st_mode) and not flags & (os.O_NONBLOCK | os.O_PATH):
             # Opening a FIFO blocks until the other end opens, which may be another
@@ -248,7 +248,7 @@ def raw_stat(k, dirfd: int, name: bytes, flags: int) -> bytes:
 def _stat_fd(k, c: Call, fd: int) -> bytes:
     if fd == AT_FDCWD:
         with lookup(k, c, AT_FDCWD, b".") as d:
-            return raw_stat(k, d.parent_fd, d.name, AT_SYMLINK_NOFOLLOW)
+            return raw_stat(k, d.parent_fd, d.name, d.nofollow)
     # Through /proc/PID/fd/N without following: the descriptor's own object,
     # O_PATH descriptors (even of symlinks) included.
     link = guest_fd_link(c, fd)
@@ -267,7 +267,7 @@ def do_stat(k, c: Call, dirfd: int, path_arg: int, buf: int, flags: int) -> int:
         data = _stat_fd(k, c, dirfd)
     else:
         with lookup(k, c, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
-            data = raw_stat(k, d.parent_fd, d.name, AT_SYMLINK_NOFOLLOW)
+            data = raw_stat(k, d.parent_fd, d.name, d.nofollow)
     c.write(c.args[buf], data)
     return 0
 
@@ -309,7 +309,7 @@ def sys_statx(k, c: Call):
             os.close(hostfd)
     else:
         with lookup(k, c, dirfd, path or b".", follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
-            r = lib.sysemu_statx(d.parent_fd, d.name, AT_SYMLINK_NOFOLLOW | sync, mask, out)
+            r = lib.sysemu_statx(d.parent_fd, d.name, d.nofollow | sync, mask, out)
     if r < 0:
         raise SysError(-r)
     data = bytearray(ffi.buffer(out, STATX_SIZE))
@@ -431,7 +431,7 @@ def _statfs_fd(c: Call, hostfd: int) -> int:
 
 def sys_statfs(k, c: Call):
     with lookup(k, c, AT_FDCWD, c.path(0)) as d:
-        fd = os.open(d.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d.parent_fd)
+        fd = os.open(d.name, os.O_PATH | d.o_nofollow | os.O_CLOEXEC, dir_fd=d.parent_fd)
     try:
         return _statfs_fd(c, fd)
     finally:
