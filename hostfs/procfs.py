@@ -61,6 +61,9 @@ class ProcFS:
         if len(rel) == 2 and rel[0].isdigit() and rel[1] == b"fd" and name.isdigit():
             return b"/proc/%s/fd" % rel[0], name
         if len(rel) == 1 and rel[0].isdigit() and name == b"exe":
+            proc = self.k.procs.get(int(rel[0]))
+            if proc is not None and proc.extra.get("exe"):
+                return None  # run by its ELF loader: the plain link names the program
             return b"/proc/%s" % rel[0], b"exe"
         return None
 
@@ -124,7 +127,8 @@ class ProcFS:
         d = self._path(b"%d" % proc.tgid)
         self._link(os.path.join(d, b"cwd"), b"/" + b"/".join(proc.fs.cwd))
         self._link(os.path.join(d, b"root"), b"/" + b"/".join(proc.fs.root))
-        self._link(os.path.join(d, b"exe"), self._guest_link(b"/proc/%d/exe" % proc.tid))
+        exe = proc.extra.get("exe") or self._guest_link(b"/proc/%d/exe" % proc.tid)
+        self._link(os.path.join(d, b"exe"), exe)
 
     def _fill_dir(self, pid: int, sub: bytes) -> None:
         d = self._path(b"%d" % pid, sub)

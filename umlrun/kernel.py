@@ -248,6 +248,7 @@ class Kernel:
                 proc.cred = old.cred
         if proc is not None:
             proc.exec_pending = None
+            proc.extra["exe"] = proc.extra.pop("next_exe", None)
         self.resume(pid, proc)
 
     def on_seccomp_stop(self, pid: int, proc: Process | None) -> None:

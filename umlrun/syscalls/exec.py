@@ -34,14 +34,14 @@ RED_ZONE = 128
 
 
 class PreparedExec:
-    __slots__ = ("key", "hostfd", "guestfd", "prefix_args")
+    __slots__ = ("key", "hostfd", "guestfd", "plan", "program")
 
-    def __init__(self, key, hostfd, prefix_args):
-        self.key, self.hostfd, self.guestfd, self.prefix_args = key, hostfd, -1, prefix_args
+    def __init__(self, key, hostfd, plan, program):
+        self.key, self.hostfd, self.guestfd, self.plan, self.program = key, hostfd, -1, plan, program
 
 
 def _open_program(k, c: Call, dirfd: int, path: bytes, follow: bool):
-    """Resolve and open a program; returns (O_PATH fd, first bytes of the file)."""
+    """Resolve and open a program; returns (fd, first bytes of the file, guest path)."""
     with lookup(k, c, dirfd, path, follow=follow) as d:
         st = d.st
         if stat.S_ISLNK(st.st_mode):
@@ -55,11 +55,12 @@ def _open_program(k, c: Call, dirfd: int, path: bytes, follow: bool):
         elif not permitted(st, cred, 1, k.own_uids):
             raise SysError(errno.EACCES)
         fd = os.open(d.name, os.O_RDONLY | d.o_nofollow | os.O_CLOEXEC, dir_fd=d.parent_fd)
+        guest = d.guest_path
     try:
         head = os.pread(fd, BINPRM_BUF, 0)
     except OSError:
         head = b""
-    return fd, head
+    return fd, head, guest
 
 
 def _shebang(head: bytes):
@@ -72,30 +73,68 @@ def _shebang(head: bytes):
     return interp, ([arg] if arg else [])
 
 
+def elf_interpreter(fd: int, head: bytes) -> bytes | None:
+    """The PT_INTERP of a 64-bit ELF program, or None (static, or not ELF)."""
+    if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2:
+        return None
+    phoff = int.from_bytes(head[32:40], "little")
+    phentsize, phnum = int.from_bytes(head[54:56], "little"), int.from_bytes(head[56:58], "little")
+    if phentsize < 56 or phnum > 512:
+        return None
+    table = os.pread(fd, phentsize * phnum, phoff)
+    for off in range(0, len(table) - 55, phentsize):
+        if int.from_bytes(table[off:off + 4], "little") == 3:  # PT_INTERP
+            where = int.from_bytes(table[off + 8:off + 16], "little")
+            size = int.from_bytes(table[off + 32:off + 40], "little")
+            if size > 4096:
+                raise SysError(errno.ENOEXEC)
+            return os.pread(fd, size, where).split(b"\0", 1)[0] or None
+    return None
+
+
+ARGV0 = None  # in an argv plan: the guest's own argv[0]
+
+
 def prepare(k, c: Call, dirfd: int, path: bytes, flags: int):
-    """Step 1: resolve the program and any interpreter chain."""
+    """Step 1: resolve the program, its `#!` chain and its ELF interpreter.
+
+    Returns (fd to execute, argv plan, guest path of the program). The plan is
+    the new argv up to the guest's own argv[1:], or None to keep argv as is."""
     if flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW):
         raise SysError(errno.EINVAL)
     if not path and flags & AT_EMPTY_PATH:
         fd = k.guest_fd(c, dirfd)
         head = os.pread(fd, BINPRM_BUF, 0) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
-        script_name = b"/dev/fd/%d" % dirfd
+        program = script_name = b"/dev/fd/%d" % dirfd
     else:
-        fd, head = _open_program(k, c, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW)
+        fd, head, program = _open_program(k, c, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW)
         script_name = path
-    prefix: list[bytes] = []
+    plan: list = [ARGV0]
     depth = 0
-    while head.startswith(b"#!"):
-        depth += 1
-        if depth > MAX_INTERP_DEPTH:
+    try:
+        while head.startswith(b"#!"):
+            depth += 1
+            if depth > MAX_INTERP_DEPTH:
+                raise SysError(errno.ELOOP)
+            interp, arg = _shebang(head)
+            plan = [interp, *arg, script_name] + plan[1:]
             os.close(fd)
-            raise SysError(errno.ELOOP)
-        interp, arg = _shebang(head)
-        prefix = [interp, *arg, script_name] + prefix[1:] if prefix else [interp, *arg, script_name]
-        os.close(fd)
-        fd, head = _open_program(k, c, AT_FDCWD, interp, follow=True)
-        script_name = interp
-    return fd, prefix
+            fd = -1
+            fd, head, program = _open_program(k, c, AT_FDCWD, interp, follow=True)
+            script_name = interp
+        loader = elf_interpreter(fd, head)
+        if loader is not None:
+            # The guest's own loader runs the program (never the host's): exec the
+            # loader, which then opens the program by its guest path.
+            os.close(fd)
+            fd = -1
+            fd, _, _ = _open_program(k, c, AT_FDCWD, loader, follow=True)
+            plan = [loader, b"--argv0", plan[0], program] + plan[1:]
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
+    return fd, (None if plan == [ARGV0] else plan), program
 
 
 def _key(c: Call, nr: int):
@@ -121,15 +160,18 @@ def _finish(k, c: Call, prep: PreparedExec, argv_addr: int, envp_addr: int) -> N
     r = c.regs
     argv_ptr = argv_addr
     sp = (r.rsp - RED_ZONE) & ~15
-    blob = b"\0"
-    if prep.prefix_args:
+    if prep.plan is not None:
         old = _read_pointers(c, argv_addr) if argv_addr else []
-        strings = b"".join(a + b"\0" for a in prep.prefix_args)
-        base = sp - len(strings) - 1
-        base &= ~15
-        ptrs, off = [], 0
-        for a in prep.prefix_args:
-            ptrs.append(base + 1 + off)
+        literals = [a for a in prep.plan if a is not ARGV0]
+        strings = b"".join(a + b"\0" for a in literals)
+        base = (sp - len(strings) - 1) & ~15   # base holds the "" for execveat, then the strings
+        ptrs, off = [], 1
+        for a in prep.plan:
+            if a is ARGV0:
+                if old:
+                    ptrs.append(old[0])
+                continue
+            ptrs.append(base + off)
             off += len(a) + 1
         ptrs += old[1:] + [0]
         table = b"".join(p.to_bytes(8, "little") for p in ptrs)
@@ -139,7 +181,9 @@ def _finish(k, c: Call, prep: PreparedExec, argv_addr: int, envp_addr: int) -> N
         empty = base
     else:
         empty = sp - 16
-        c.write(empty, blob)
+        c.write(empty, b"\0")
+    # /proc/PID/exe must name the program, not the loader that runs it.
+    c.proc.extra["next_exe"] = prep.program if prep.plan is not None else None
     r.orig_rax = NR_EXECVEAT
     r.rdi, r.rsi, r.rdx, r.r10, r.r8 = prep.guestfd, empty, argv_ptr, envp_addr, AT_EMPTY_PATH
 
@@ -156,8 +200,8 @@ def _exec(k, c: Call, nr: int, dirfd: int, path_arg: int, argv: int, envp: int, 
         os.close(prep.hostfd)
     proc.exec_pending = None
     path = c.k.platform.read_string(c.pid, path_arg) if (path_arg or not flags & AT_EMPTY_PATH) else b""
-    fd, prefix = prepare(k, c, dirfd, path, flags)
-    proc.exec_pending = PreparedExec(key, fd, prefix)
+    fd, plan, program = prepare(k, c, dirfd, path, flags)
+    proc.exec_pending = PreparedExec(key, fd, plan, program)
     c.regs.orig_rax = EXEC_FD_NR
     c.regs.rip -= 2
     return None
