@@ -11,6 +11,8 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+from hostfs.ownership import OwnershipStore
+
 
 class MountError(Exception):
     """A mount that cannot be made; str() is one line naming the problem and the fix."""
@@ -36,6 +38,7 @@ class Mount:
     name: bytes = b"."
     st_dev: int = field(default=0)
     fs: object = None               # a synthetic filesystem (ProcFS) refreshing this tree, or None
+    store: object = None            # its OwnershipStore (fake ownership, device placeholders)
 
     def open(self) -> None:
         try:
@@ -47,6 +50,9 @@ class Mount:
                              "check that the host path exists and is readable") from None
         self.is_dir = stat.S_ISDIR(st.st_mode)
         self.st_dev = st.st_dev
+        # Persistent for a directory the guest may write and that outlives the jail.
+        persistent = self.is_dir and self.kind == "bind"
+        self.store = OwnershipStore(self.fd if persistent else None, self.host.decode(errors="replace"))
         if not self.is_dir:
             head, self.name = os.path.split(self.host)
             self.parent_fd = os.open(head or b"/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -68,6 +74,10 @@ class MountTable:
             os.close(old.fd)
         self.by_point[m.guest] = m
         return m
+
+    def save_stores(self) -> None:
+        for m in self.by_point.values():
+            m.store.save()
 
     @property
     def root(self) -> Mount:

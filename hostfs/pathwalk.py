@@ -21,6 +21,7 @@ import os
 import stat
 
 from hostfs.mount import Mount, MountTable, join
+from hostfs.ownership import STORE_NAME
 
 # The mount of a magic link's object outside every guest mount (a descriptor
 # the guest inherited, such as its stdout): the guest already holds it open.
@@ -140,8 +141,10 @@ class PathWalk:
                 raise WalkError(errno.ENAMETOOLONG)
             if fd is None:
                 fd = self.open_dir(tuple(comps), owned)
-            if may_search is not None and not may_search(os.fstat(fd)):
+            if may_search is not None and not may_search(os.fstat(fd), self.mounts.containing(tuple(comps))):
                 raise WalkError(errno.EACCES)
+            if c == STORE_NAME and self.mounts.at(tuple(comps)) is not None:
+                raise WalkError(errno.ENOENT if must_exist or not last else errno.EACCES)
             child = tuple(comps) + (c,)
             m = self.mounts.at(child)
             if m is not None:

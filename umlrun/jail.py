@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from hostfs.mount import MountError, MountTable, split
+from hostfs.ownership import StoreError
 from hostfs.pathwalk import PathWalk, WalkError
 from hostfs.procfs import ProcFS
 
@@ -206,7 +207,7 @@ class Jail:
         cfg = self.cfg
         try:
             self.build_mounts()
-        except MountError as e:
+        except (MountError, StoreError) as e:
             raise JailError(str(e)) from None
         root = os.geteuid() == 0
         self.kernel = k = Kernel(self.mounts, hostname=cfg.hostname.encode(), trap_all=cfg.trap_all,
@@ -235,6 +236,7 @@ class Jail:
         try:
             return k.run()
         finally:
+            self.mounts.save_stores()
             if tty is not None:
                 try:
                     os.tcsetpgrp(tty, os.getpgrp())

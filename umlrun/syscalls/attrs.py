@@ -20,7 +20,9 @@ from umlrun.syscalls.files import (
     AT_SYMLINK_NOFOLLOW,
     check_fd_writable,
     check_writable,
+    fd_mount,
     lookup,
+    owner,
     s32,
     s64,
 )
@@ -29,6 +31,7 @@ from umlrun.syscalls.namespace import _host_call
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 XATTR_NAME_MAX, XATTR_SIZE_MAX = 255, 65536
 IN_DONT_FOLLOW = 0x02000000
+UNSET = 0xFFFFFFFF  # chown's "leave as is"
 
 
 def _proc_path(dirfd: int, name: bytes) -> bytes:
@@ -73,30 +76,41 @@ def sys_fchmod(k, c):
     return 0
 
 
-def do_chown(k, c: Call, dirfd: int, path: bytes, flags: int) -> int:
-    """Fake root may chown anything. Ownership is not stored yet (the metadata
-    store is its own piece of work): the call checks what Linux checks and succeeds."""
+def _chown(k, c: Call, mount, st, uid: int, gid: int, chmod) -> None:
+    """Record the new owner; like Linux, a chown of a regular file drops its
+    set-user-ID bit, and its set-group-ID bit when it is group-executable."""
+    default = owner(k, None, st)
+    mount.store.chown(st, -1 if uid == UNSET else uid, -1 if gid == UNSET else gid, *default)
+    if stat.S_ISREG(st.st_mode) and st.st_mode & 0o6000:
+        drop = stat.S_ISUID | (stat.S_ISGID if st.st_mode & stat.S_IXGRP else 0)
+        chmod(stat.S_IMODE(st.st_mode) & ~drop)
+
+
+def do_chown(k, c: Call, dirfd: int, path: bytes, uid: int, gid: int, flags: int) -> int:
+    """Fake root may chown anything: the owner goes to the mount's ownership store."""
     if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
         raise SysError(errno.EINVAL)
     if c.proc.cred.euid != 0:
         raise SysError(errno.EPERM)
     with lookup(k, c, dirfd, path or b".", follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
         check_writable(d)
+        _chown(k, c, d.mount, d.st, uid, gid,
+               lambda mode: _host_call(452, d.parent_fd, d.name, mode, AT_SYMLINK_NOFOLLOW))
     return 0
 
 
 def sys_chown(k, c):
-    return do_chown(k, c, AT_FDCWD, c.path(0), 0)
+    return do_chown(k, c, AT_FDCWD, c.path(0), c.args[1] & UNSET, c.args[2] & UNSET, 0)
 
 
 def sys_lchown(k, c):
-    return do_chown(k, c, AT_FDCWD, c.path(0), AT_SYMLINK_NOFOLLOW)
+    return do_chown(k, c, AT_FDCWD, c.path(0), c.args[1] & UNSET, c.args[2] & UNSET, AT_SYMLINK_NOFOLLOW)
 
 
 def sys_fchownat(k, c):
     flags = s32(c.args[4])
     path = c.path(1) if (c.args[1] or not flags & AT_EMPTY_PATH) else b""
-    return do_chown(k, c, s32(c.args[0]), path, flags)
+    return do_chown(k, c, s32(c.args[0]), path, c.args[2] & UNSET, c.args[3] & UNSET, flags)
 
 
 def sys_fchown(k, c):
@@ -105,6 +119,8 @@ def sys_fchown(k, c):
     hostfd = k.guest_fd(c, s32(c.args[0]))
     try:
         check_fd_writable(k, hostfd)
+        _chown(k, c, fd_mount(k, hostfd), os.fstat(hostfd), c.args[1] & UNSET, c.args[2] & UNSET,
+               lambda mode: os.fchmod(hostfd, mode))
     finally:
         os.close(hostfd)
     return 0

@@ -91,17 +91,25 @@ def may_search(call: Call):
     cred = call.proc.cred
     if cred.fsuid == 0:
         return None
-    own = call.k.own_uids
+    k = call.k
 
-    def check(st) -> bool:
-        return permitted(st, cred, 1, own)
+    def check(st, mount) -> bool:
+        return permitted(k, mount, st, cred, 1)
     return check
 
 
-def permitted(st, cred, want: int, own_uids) -> bool:
-    """Unix permission bits for a non-root guest; the guest's own files show as root's."""
-    uid = 0 if st.st_uid in own_uids else st.st_uid
-    gid = 0 if st.st_gid in own_uids else st.st_gid
+def owner(k, mount, st) -> tuple[int, int]:
+    """The owner the guest sees: what it set with chown, else the host owner with
+    the guest's own host ids shown as root."""
+    e = mount.store.get(st.st_ino) if mount is not None and mount.store is not None else None
+    if e is not None:
+        return e.uid, e.gid
+    return (0 if st.st_uid in k.own_uids else st.st_uid), (0 if st.st_gid in k.own_gids else st.st_gid)
+
+
+def permitted(k, mount, st, cred, want: int) -> bool:
+    """Unix permission bits for a non-root guest, against the guest-visible owner."""
+    uid, gid = owner(k, mount, st)
     if uid == cred.fsuid:
         bits = st.st_mode >> 6
     elif gid == cred.fsgid or gid in cred.groups:
@@ -109,6 +117,18 @@ def permitted(st, cred, want: int, own_uids) -> bool:
     else:
         bits = st.st_mode
     return (bits & want) == want
+
+
+def check_access(k, call: Call, mount, st, want: int) -> None:
+    """EACCES unless a non-root guest has `want` (r=4, w=2, x=1) on the object."""
+    if call.proc.cred.fsuid != 0 and not permitted(k, mount, st, call.proc.cred, want):
+        raise SysError(errno.EACCES)
+
+
+def check_dir_writable(k, call: Call, d) -> None:
+    """Creating or removing a name needs write and search permission on its directory."""
+    if call.proc.cred.fsuid != 0:
+        check_access(k, call, d.mount, os.fstat(d.parent_fd), 3)
 
 
 def lookup(k, call: Call, dirfd: int, path: bytes, *, follow: bool = True, must_exist: bool = True,
@@ -148,10 +168,14 @@ def check_fd_writable(k, hostfd: int) -> None:
         raise SysError(errno.EROFS)
 
 
-def give_to_guest(k, parent_fd: int, name: bytes) -> None:
-    """A file the supervisor created for the guest belongs to the guest's host user."""
+def give_to_guest(k, call: Call, d, kind: int = 0, rdev: int = 0) -> None:
+    """A name the supervisor just created for the guest: on the host it belongs to
+    the guest's host user; in the guest, to the creating guest user."""
     if k.chown_to is not None:
-        os.chown(name, *k.chown_to, dir_fd=parent_fd, follow_symlinks=False)
+        os.chown(d.name, *k.chown_to, dir_fd=d.parent_fd, follow_symlinks=False)
+    cred = call.proc.cred
+    ino = os.stat(d.name, dir_fd=d.parent_fd, follow_symlinks=False).st_ino
+    d.mount.store.created(ino, cred.fsuid, cred.fsgid, kind, rdev)
 
 
 # ---- open ----------------------------------------------------------------------
@@ -174,6 +198,10 @@ def do_open(k, call: Call, dirfd: int, path: bytes, flags: int, mode: int, resol
                 check_writable(d)
         if creat and st is None or tmpfile:
             mode = mode & 0o7777 & ~call.proc.umask()
+            check_dir_writable(k, call, d)
+        elif st is not None and not flags & os.O_PATH:
+            want = {os.O_RDONLY: 4, os.O_WRONLY: 2, os.O_RDWR: 6}.get(acc, 6) | (2 if flags & os.O_TRUNC else 0)
+            check_access(k, call, d.mount, st, want)
         hostflags = flags | d.o_nofollow | os.O_CLOEXEC | os.O_NOCTTY
         if flags & os.O_PATH:
             # SECCOMP_IOCTL_NOTIF_ADDFD cannot install O_PATH descriptors: the guest
@@ -188,8 +216,11 @@ def do_open(k, call: Call, dirfd: int, path: bytes, flags: int, mode: int, resol
             # guest whose open waits behind this one: never block the supervisor.
             return k.open_blocking(call, d.parent_fd, d.name, hostflags, flags & os.O_CLOEXEC)
         fd = os.open(d.name, hostflags, mode, dir_fd=d.parent_fd)
-        if k.chown_to is not None and ((creat and st is None) or tmpfile):
-            os.fchown(fd, *k.chown_to)
+        if (creat and st is None) or tmpfile:
+            if k.chown_to is not None:
+                os.fchown(fd, *k.chown_to)
+            cred = call.proc.cred
+            d.mount.store.created(os.fstat(fd).st_ino, cred.fsuid, cred.fsgid)
         return InstallFd(fd, bool(flags & os.O_CLOEXEC))
 
 
@@ -226,35 +257,49 @@ def sys_openat2(k, c: Call):
 
 # ---- stat -------------------------------------------------------------------------
 
-def _fake_owner(k, buf, uid_off: int, gid_off: int) -> None:
-    uid = int.from_bytes(buf[uid_off:uid_off + 4], "little")
-    gid = int.from_bytes(buf[gid_off:gid_off + 4], "little")
-    if uid in k.own_uids:
-        buf[uid_off:uid_off + 4] = b"\0\0\0\0"
-    if gid in k.own_gids:
-        buf[gid_off:gid_off + 4] = b"\0\0\0\0"
+def _u32(buf, off: int) -> int:
+    return int.from_bytes(buf[off:off + 4], "little")
 
 
-def raw_stat(k, dirfd: int, name: bytes, flags: int) -> bytes:
+def _guest_view(k, mount, buf: bytearray, ino: int, uid_off: int, gid_off: int):
+    """Patch a raw stat/statx buffer with the guest-visible owner; returns the
+    store entry (for device placeholders) or None."""
+    e = mount.store.get(ino) if mount is not None and mount.store is not None else None
+    if e is not None:
+        uid, gid = e.uid, e.gid
+    else:
+        uid, gid = _u32(buf, uid_off), _u32(buf, gid_off)
+        uid = 0 if uid in k.own_uids else uid
+        gid = 0 if gid in k.own_gids else gid
+    buf[uid_off:uid_off + 4] = uid.to_bytes(4, "little")
+    buf[gid_off:gid_off + 4] = gid.to_bytes(4, "little")
+    return e if e is not None and e.kind else None
+
+
+def raw_stat(k, dirfd: int, name: bytes, flags: int, mount=None) -> bytes:
     buf = ffi.new("char[]", STAT_SIZE)
     r = lib.sysemu_fstatat(dirfd, name, buf, flags)
     if r < 0:
         raise SysError(-r)
     out = bytearray(ffi.buffer(buf, STAT_SIZE))
-    _fake_owner(k, out, 28, 32)
+    dev = _guest_view(k, mount, out, int.from_bytes(out[8:16], "little"), 28, 32)
+    if dev is not None:  # a device placeholder: its type and number, not the empty file's
+        mode = (_u32(out, 24) & 0o7777) | dev.kind
+        out[24:28] = mode.to_bytes(4, "little")
+        out[40:48] = dev.rdev.to_bytes(8, "little")
     return bytes(out)
 
 
 def _stat_fd(k, c: Call, fd: int) -> bytes:
     if fd == AT_FDCWD:
         with lookup(k, c, AT_FDCWD, b".") as d:
-            return raw_stat(k, d.parent_fd, d.name, d.nofollow)
+            return raw_stat(k, d.parent_fd, d.name, d.nofollow, d.mount)
     # Through /proc/PID/fd/N without following: the descriptor's own object,
     # O_PATH descriptors (even of symlinks) included.
     link = guest_fd_link(c, fd)
     hostfd = os.open(link, os.O_PATH | os.O_CLOEXEC)
     try:
-        return raw_stat(k, hostfd, b"", AT_EMPTY_PATH)
+        return raw_stat(k, hostfd, b"", AT_EMPTY_PATH, fd_mount(k, hostfd))
     finally:
         os.close(hostfd)
 
@@ -267,7 +312,7 @@ def do_stat(k, c: Call, dirfd: int, path_arg: int, buf: int, flags: int) -> int:
         data = _stat_fd(k, c, dirfd)
     else:
         with lookup(k, c, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
-            data = raw_stat(k, d.parent_fd, d.name, d.nofollow)
+            data = raw_stat(k, d.parent_fd, d.name, d.nofollow, d.mount)
     c.write(c.args[buf], data)
     return 0
 
@@ -302,18 +347,25 @@ def sys_statx(k, c: Call):
     sync = flags & AT_STATX_SYNC_TYPE
     path = c.path(1) if (c.args[1] or not flags & AT_EMPTY_PATH) else b""
     if not path and flags & AT_EMPTY_PATH and dirfd != AT_FDCWD:
-        hostfd = k.guest_fd(c, dirfd)
+        hostfd = os.open(guest_fd_link(c, dirfd), os.O_PATH | os.O_CLOEXEC)
         try:
             r = lib.sysemu_statx(hostfd, b"", AT_EMPTY_PATH | sync, mask, out)
+            mount = fd_mount(k, hostfd)
         finally:
             os.close(hostfd)
     else:
         with lookup(k, c, dirfd, path or b".", follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
             r = lib.sysemu_statx(d.parent_fd, d.name, d.nofollow | sync, mask, out)
+            mount = d.mount
     if r < 0:
         raise SysError(-r)
     data = bytearray(ffi.buffer(out, STATX_SIZE))
-    _fake_owner(k, data, 20, 24)
+    dev = _guest_view(k, mount, data, int.from_bytes(data[32:40], "little"), 20, 24)
+    if dev is not None:
+        mode = (int.from_bytes(data[28:30], "little") & 0o7777) | dev.kind
+        data[28:30] = mode.to_bytes(2, "little")
+        major, minor = (dev.rdev >> 8) & 0xFFF, (dev.rdev & 0xFF) | ((dev.rdev >> 12) & 0xFFF00)
+        data[128:136] = major.to_bytes(4, "little") + minor.to_bytes(4, "little")
     c.write(buf, bytes(data))
     return 0
 
@@ -336,7 +388,7 @@ def do_access(k, c: Call, dirfd: int, path: bytes, mode: int, flags: int) -> int
         if uid == 0:
             if mode & os.X_OK and not stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o111:
                 raise SysError(errno.EACCES)
-        elif not permitted(st, cred, mode, k.own_uids):
+        elif not permitted(k, d.mount, st, cred, mode):
             raise SysError(errno.EACCES)
     return 0
 
@@ -390,7 +442,7 @@ def _enter_dir(k, c: Call, path: bytes) -> tuple:
         if not stat.S_ISDIR(d.st.st_mode):
             raise SysError(errno.ENOTDIR)
         check = may_search(c)
-        if check is not None and not check(d.st):
+        if check is not None and not check(d.st, d.mount):
             raise SysError(errno.EACCES)
         return d.comps
 

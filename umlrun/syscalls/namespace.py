@@ -18,6 +18,7 @@ from umlrun.syscalls.files import (
     AT_FDCWD,
     AT_REMOVEDIR,
     AT_SYMLINK_FOLLOW,
+    check_dir_writable,
     check_writable,
     give_to_guest,
     lookup,
@@ -41,13 +42,18 @@ def _create_target(k, c: Call, dirfd: int, path: bytes):
     if d.mount.readonly:
         d.close()
         raise SysError(errno.EROFS)
+    try:
+        check_dir_writable(k, c, d)
+    except SysError:
+        d.close()
+        raise
     return d
 
 
 def do_mkdir(k, c: Call, dirfd: int, path: bytes, mode: int) -> int:
     with _create_target(k, c, dirfd, path) as d:
         os.mkdir(d.name, mode & 0o7777 & ~c.proc.umask(), dir_fd=d.parent_fd)
-        give_to_guest(k, d.parent_fd, d.name)
+        give_to_guest(k, c, d)
     return 0
 
 
@@ -62,15 +68,21 @@ def sys_mkdirat(k, c):
 def do_mknod(k, c: Call, dirfd: int, path: bytes, mode: int, dev: int) -> int:
     mode &= 0xFFFF  # umode_t
     kind = stat.S_IFMT(mode) or stat.S_IFREG
-    if kind in (stat.S_IFCHR, stat.S_IFBLK):
-        # Device nodes need the fake-ownership store (placeholders); until then,
-        # the answer an unprivileged Linux process gets.
-        raise SysError(errno.EPERM)
-    if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK):
+    if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
         raise SysError(errno.EINVAL)
+    device = kind in (stat.S_IFCHR, stat.S_IFBLK)
+    if device and c.proc.cred.euid != 0:
+        raise SysError(errno.EPERM)
+    perms = mode & 0o7777 & ~c.proc.umask()
     with _create_target(k, c, dirfd, path) as d:
-        os.mknod(d.name, kind | (mode & 0o7777 & ~c.proc.umask()), dir_fd=d.parent_fd)
-        give_to_guest(k, d.parent_fd, d.name)
+        if device:
+            # A placeholder: an empty file, its type and number in the ownership store.
+            os.close(os.open(d.name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, perms,
+                             dir_fd=d.parent_fd))
+            give_to_guest(k, c, d, kind, dev & 0xFFFFFFFF)
+        else:
+            os.mknod(d.name, kind | perms, dir_fd=d.parent_fd)
+            give_to_guest(k, c, d)
     return 0
 
 
@@ -98,6 +110,11 @@ def _doomed(k, c: Call, dirfd: int, path: bytes):
     if not d.exists:
         d.close()
         raise SysError(errno.ENOENT)
+    try:
+        check_dir_writable(k, c, d)
+    except SysError:
+        d.close()
+        raise
     return d
 
 
@@ -112,6 +129,7 @@ def do_rmdir(k, c: Call, dirfd: int, path: bytes) -> int:
             raise SysError(errno.ENOTDIR)
         _removable(k, d)
         os.rmdir(d.name, dir_fd=d.parent_fd)
+        d.mount.store.unlinked(d.st)
     return 0
 
 
@@ -123,6 +141,7 @@ def do_unlink(k, c: Call, dirfd: int, path: bytes) -> int:
         if stat.S_ISDIR(d.st.st_mode):
             raise SysError(errno.EISDIR)
         os.unlink(d.name, dir_fd=d.parent_fd)
+        d.mount.store.unlinked(d.st)
     return 0
 
 
@@ -171,6 +190,8 @@ def do_rename(k, c: Call, olddir: int, old: bytes, newdir: int, new: bytes, flag
         elif dst.mount.readonly:
             raise SysError(errno.EROFS)
         _host_call(316, src.parent_fd, src.name, dst.parent_fd, dst.name, flags)  # renameat2
+        if dst.exists and not flags & RENAME_EXCHANGE:
+            dst.mount.store.unlinked(dst.st)
     return 0
 
 
@@ -213,7 +234,7 @@ def do_symlink(k, c: Call, target: bytes, newdir: int, new: bytes) -> int:
         raise SysError(errno.ENOENT)
     with _create_target(k, c, newdir, new) as d:
         os.symlink(target, d.name, dir_fd=d.parent_fd)
-        give_to_guest(k, d.parent_fd, d.name)
+        give_to_guest(k, c, d)
     return 0
 
 

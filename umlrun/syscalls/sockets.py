@@ -73,7 +73,7 @@ def sys_bind(k, c: Call):
                 raise SysError(errno.EADDRINUSE)
             check_writable(d)
             _raw(NR_BIND, hostfd, _host_unix_addr(d.parent_fd, d.name))
-            give_to_guest(k, d.parent_fd, d.name)
+            give_to_guest(k, c, d)
         return 0
     finally:
         os.close(hostfd)

@@ -1,0 +1,110 @@
+"""OwnershipStore: fake-root metadata that persists with the tree it describes.
+
+The guest is root, but its files are owned on the host by whoever runs umlrun.
+What the guest sets with chown, and the device nodes it makes with mknod
+(kept as empty regular files), are recorded here by inode number and shown in
+every stat-family answer and used in permission checks for non-root guests.
+
+The store lives at the root of the mount it describes (`.umlrun-owners`,
+hidden from the guest's path walk), one line per inode:
+    ino uid gid [type rdev]
+where type is c or b for a device placeholder. It is read when the jail
+starts and written back atomically (temp file + rename) when it ends.
+"""
+from __future__ import annotations
+
+import os
+import stat
+
+STORE_NAME = b".umlrun-owners"
+_TYPES = {"c": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO, "s": stat.S_IFSOCK}
+_NAMES = {v: k for k, v in _TYPES.items()}
+
+
+class StoreError(Exception):
+    """A store that cannot be used; str() is one line naming the problem and the fix."""
+
+
+class Entry:
+    __slots__ = ("uid", "gid", "kind", "rdev")
+
+    def __init__(self, uid: int, gid: int, kind: int = 0, rdev: int = 0):
+        self.uid, self.gid, self.kind, self.rdev = uid, gid, kind, rdev
+
+
+class OwnershipStore:
+    def __init__(self, dir_fd: int | None, label: str):
+        self.dir_fd = dir_fd          # the mount's root; None: in memory only (throwaway mounts)
+        self.label = label
+        self.entries: dict[int, Entry] = {}
+        self.dirty = False
+        if dir_fd is not None:
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            fd = os.open(STORE_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise StoreError(f"cannot read the ownership store of {self.label}: {e.strerror}") from None
+        with os.fdopen(fd, "r") as f:
+            for n, line in enumerate(f, 1):
+                parts = line.split()
+                try:
+                    ino, uid, gid = int(parts[0]), int(parts[1]), int(parts[2])
+                    kind = _TYPES[parts[3]] if len(parts) > 3 else 0
+                    rdev = int(parts[4]) if len(parts) > 4 else 0
+                except (ValueError, IndexError, KeyError):
+                    raise StoreError(f"the ownership store of {self.label} is corrupt at line {n}; "
+                                     f"fix or delete {STORE_NAME.decode()} there to reset ownership") from None
+                self.entries[ino] = Entry(uid, gid, kind, rdev)
+
+    def save(self) -> None:
+        if self.dir_fd is None or not self.dirty:
+            return
+        tmp = STORE_NAME + b".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=self.dir_fd)
+        with os.fdopen(fd, "w") as f:
+            for ino, e in sorted(self.entries.items()):
+                kind = f" {_NAMES[e.kind]} {e.rdev}" if e.kind else ""
+                f.write(f"{ino} {e.uid} {e.gid}{kind}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, STORE_NAME, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        self.dirty = False
+
+    # ---- queries and changes ---------------------------------------------------
+
+    def get(self, ino: int) -> Entry | None:
+        return self.entries.get(ino)
+
+    def chown(self, st, uid: int, gid: int, default_uid: int, default_gid: int) -> None:
+        """uid/gid -1 keep the current value."""
+        e = self.entries.get(st.st_ino)
+        cur_uid = e.uid if e else default_uid
+        cur_gid = e.gid if e else default_gid
+        new = Entry(cur_uid if uid == -1 else uid, cur_gid if gid == -1 else gid,
+                    e.kind if e else 0, e.rdev if e else 0)
+        if new.uid == default_uid and new.gid == default_gid and not new.kind:
+            self.entries.pop(st.st_ino, None)
+        else:
+            self.entries[st.st_ino] = new
+        self.dirty = True
+
+    def created(self, ino: int, uid: int, gid: int, kind: int = 0, rdev: int = 0) -> None:
+        """A new inode: forget whatever a former inode of that number had."""
+        if uid or gid or kind:
+            self.entries[ino] = Entry(uid, gid, kind, rdev)
+            self.dirty = True
+        elif self.entries.pop(ino, None) is not None:
+            self.dirty = True
+
+    def unlinked(self, st) -> None:
+        """Its last name is gone: the inode number may be reused."""
+        if st is None:
+            return
+        last = stat.S_ISDIR(st.st_mode) or st.st_nlink <= 1
+        if last and self.entries.pop(st.st_ino, None) is not None:
+            self.dirty = True
