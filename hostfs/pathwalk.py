@@ -21,11 +21,11 @@ import os
 import stat
 
 from hostfs.mount import Mount, MountTable, join
-from hostfs.ownership import STORE_NAME
+from hostfs.ownership import STORE_NAME, OwnershipStore
 
 # The mount of a magic link's object outside every guest mount (a descriptor
 # the guest inherited, such as its stdout): the guest already holds it open.
-MAGIC_MOUNT = Mount((), b"", readonly=False, kind="magic")
+MAGIC_MOUNT = Mount((), b"", readonly=False, kind="magic", store=OwnershipStore(None, "magic"))
 
 O_DIRPATH = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 MAX_LINKS = 40
