@@ -11,7 +11,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from hostfs.ownership import OwnershipStore
+from hostfs.ownership import LayeredStore, OwnershipStore
 
 
 class MountError(Exception):
@@ -39,6 +39,7 @@ class Mount:
     st_dev: int = field(default=0)
     fs: object = None               # a synthetic filesystem (ProcFS) refreshing this tree, or None
     store: object = None            # its OwnershipStore (fake ownership, device placeholders)
+    overlay: object = None          # an OverlayFS: `host` is then its upper layer
 
     def open(self) -> None:
         try:
@@ -51,8 +52,13 @@ class Mount:
         self.is_dir = stat.S_ISDIR(st.st_mode)
         self.st_dev = st.st_dev
         # Persistent for a directory the guest may write and that outlives the jail.
-        persistent = self.is_dir and self.kind == "bind"
-        self.store = OwnershipStore(self.fd if persistent else None, self.host.decode(errors="replace"))
+        persistent = self.is_dir and self.kind in ("bind", "overlay")
+        label = self.host.decode(errors="replace")
+        if self.overlay is not None:
+            lower = OwnershipStore(self.overlay.lower_fd, self.overlay.lower_path.decode(errors="replace"))
+            self.store = LayeredStore(self.fd, label, lower)
+        else:
+            self.store = OwnershipStore(self.fd if persistent else None, label)
         if not self.is_dir:
             head, self.name = os.path.split(self.host)
             self.parent_fd = os.open(head or b"/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -65,8 +71,9 @@ class MountTable:
         self.by_point: dict[tuple[bytes, ...], Mount] = {}
         self.synthetic = False      # any mount with a refreshing filesystem?
 
-    def add(self, guest: bytes, host: bytes, readonly: bool = False, kind: str = "bind", fs=None) -> Mount:
-        m = Mount(split(guest), os.path.realpath(host), readonly, kind, fs=fs)
+    def add(self, guest: bytes, host: bytes, readonly: bool = False, kind: str = "bind", fs=None,
+            overlay=None) -> Mount:
+        m = Mount(split(guest), os.path.realpath(host), readonly, kind, fs=fs, overlay=overlay)
         m.open()
         self.synthetic = self.synthetic or fs is not None
         old = self.by_point.pop(m.guest, None)
@@ -97,14 +104,21 @@ class MountTable:
 
     def guest_path_of(self, host: bytes) -> tuple[bytes, ...] | None:
         """Reverse lookup: the guest path of a host path (as /proc/PID/fd shows it),
-        through the mount with the longest matching host prefix; None if outside all."""
-        best = None
+        through the mount with the longest matching host prefix (an overlay's
+        lower layer and its merged listings count too); None if outside all."""
+        best, best_root = None, b""
         for m in self.by_point.values():
-            prefix = m.host.rstrip(b"/") + b"/"
-            if host == m.host or host.startswith(prefix) or m.host == b"/":
-                if best is None or len(m.host) > len(best.host):
-                    best = m
+            roots = [m.host]
+            if m.overlay is not None:
+                alias = m.overlay.aliases.get(host)
+                if alias is not None:
+                    return m.guest + alias
+                roots.append(m.overlay.lower_path)
+            for r in roots:
+                prefix = r.rstrip(b"/") + b"/"
+                if (host == r or host.startswith(prefix) or r == b"/") and (best is None or len(r) > len(best_root)):
+                    best, best_root = m, r
         if best is None:
             return None
-        rest = host[len(best.host):] if best.host != b"/" else host
+        rest = host[len(best_root):] if best_root != b"/" else host
         return best.guest + split(rest)

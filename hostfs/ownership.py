@@ -77,7 +77,7 @@ class OwnershipStore:
 
     # ---- queries and changes ---------------------------------------------------
 
-    def get(self, ino: int) -> Entry | None:
+    def get(self, ino: int, upper: bool = True) -> Entry | None:
         return self.entries.get(ino)
 
     def chown(self, st, uid: int, gid: int, default_uid: int, default_gid: int) -> None:
@@ -107,4 +107,23 @@ class OwnershipStore:
             return
         last = stat.S_ISDIR(st.st_mode) or st.st_nlink <= 1
         if last and self.entries.pop(st.st_ino, None) is not None:
+            self.dirty = True
+
+
+class LayeredStore(OwnershipStore):
+    """An overlay's store: its own entries (upper inodes), and the lower tree's
+    store for objects still in the lower layer (the caller says which layer:
+    both may share one filesystem, so inode numbers alone cannot tell)."""
+
+    def __init__(self, dir_fd, label: str, lower: OwnershipStore):
+        super().__init__(dir_fd, label)
+        self.lower = lower
+
+    def get(self, ino: int, upper: bool = True) -> Entry | None:
+        return self.entries.get(ino) if upper else self.lower.get(ino)
+
+    def copied_up(self, lower_ino: int, upper_ino: int) -> None:
+        e = self.lower.get(lower_ino)
+        if e is not None:
+            self.entries[upper_ino] = Entry(e.uid, e.gid, e.kind, e.rdev)
             self.dirty = True

@@ -44,12 +44,23 @@ class Dentry:
     `st` is the object's lstat (None when it does not exist yet). Descriptors
     the walk opened are closed by close() (use it as a context manager)."""
 
-    __slots__ = ("parent_fd", "name", "comps", "mount", "st", "_owned", "magic")
+    __slots__ = ("parent_fd", "name", "comps", "mount", "st", "_owned", "magic", "dir_handle", "self_handle",
+                 "cleared_whiteout")
 
-    def __init__(self, parent_fd, name, comps, mount, st, owned, magic=False):
+    def __init__(self, parent_fd, name, comps, mount, st, owned, magic=False, dir_handle=None,
+                 self_handle=None):
         self.parent_fd, self.name, self.comps, self.mount, self.st = parent_fd, name, comps, mount, st
         self._owned = owned
         self.magic = magic  # a /proc magic link: (parent_fd, name) must be followed to reach the object
+        self.dir_handle = dir_handle    # overlay: the OvlDir holding the name (for copy-up)
+        self.self_handle = self_handle  # overlay: the OvlDir of the object itself, when it is the mount root
+        self.cleared_whiteout = False   # overlay: creating this name removed a whiteout
+
+    @property
+    def in_upper(self) -> bool:
+        """Inside an overlay, is the object (or the place for a new one) in the upper layer?"""
+        h = self.dir_handle
+        return h is None or isinstance(h, int) or (h.upper is not None and self.parent_fd == h.upper)
 
     @property
     def nofollow(self) -> int:
@@ -84,25 +95,45 @@ class PathWalk:
     def __init__(self, mounts: MountTable):
         self.mounts = mounts
 
-    def open_dir(self, comps: tuple[bytes, ...], owned: list[int]) -> int:
-        """A descriptor for a canonical guest directory (no symlinks expected on the way)."""
+    # A directory handle is a host descriptor, or an OvlDir inside an overlay mount.
+
+    def _root_handle(self, m: Mount):
+        return m.overlay.root() if m.overlay is not None else m.fd
+
+    def open_dir(self, comps: tuple[bytes, ...], owned: list[int]):
+        """A handle for a canonical guest directory (no symlinks expected on the way)."""
         m = self.mounts.containing(comps)
-        fd = m.fd
+        h = self._root_handle(m)
         for c in comps[len(m.guest):]:
             try:
-                fd = os.open(c, O_DIRPATH, dir_fd=fd)
+                if m.overlay is not None:
+                    h = m.overlay.child(h, c, owned)
+                else:
+                    h = os.open(c, O_DIRPATH, dir_fd=h)
+                    owned.append(h)
             except OSError as e:
                 raise WalkError(errno.ENOENT if e.errno == errno.ELOOP else e.errno) from None
-            owned.append(fd)
-        return fd
+        return h
+
+    @staticmethod
+    def _stat_dir(m: Mount, h):
+        return m.overlay.stat_dir(h) if m.overlay is not None else os.fstat(h)
+
+    @staticmethod
+    def _parent_fd(h) -> int:
+        """The descriptor a missing name would be created in (overlay: upper, if any)."""
+        if isinstance(h, int):
+            return h
+        return h.upper if h.upper is not None else h.lower
 
     def walk(self, path: bytes, *, base: tuple = (), root: tuple = (), follow: bool = True,
              must_exist: bool = True, may_search=None, no_symlinks: bool = False,
              beneath: bool = False, caller=None) -> Dentry:
         """Resolve `path` (relative ones from `base`) under the guest root `root`.
 
-        may_search(st) -> bool checks directory search permission (None: fake root).
+        may_search(st, mount) -> bool checks directory search permission (None: fake root).
         beneath: openat2 RESOLVE_BENEATH, `..` or an absolute jump above base is EXDEV.
+        caller: the guest process walking (what /proc/self means).
         """
         if not path:
             raise WalkError(errno.ENOENT)
@@ -123,7 +154,7 @@ class PathWalk:
         floor = len(comps) if beneath else len(root)
         todo = [c for c in path.split(b"/") if c][::-1]
         want_dir = path.endswith(b"/")
-        fd = None            # host descriptor of `comps`, opened lazily
+        h = None             # handle of `comps`, opened lazily
         links = 0
         while todo:
             c = todo.pop()
@@ -133,15 +164,17 @@ class PathWalk:
             if c == b"..":
                 if len(comps) > floor:
                     comps.pop()
-                    fd = None
+                    h = None
                 elif beneath and len(comps) == floor and len(comps) > len(root):
                     raise WalkError(errno.EXDEV)
                 continue
             if len(c) > NAME_MAX:
                 raise WalkError(errno.ENAMETOOLONG)
-            if fd is None:
-                fd = self.open_dir(tuple(comps), owned)
-            if may_search is not None and not may_search(os.fstat(fd), self.mounts.containing(tuple(comps))):
+            here = self.mounts.containing(tuple(comps))
+            if h is None:
+                h = self.open_dir(tuple(comps), owned)
+            if may_search is not None and not may_search(self._stat_dir(here, h), here,
+                                                         isinstance(h, int) or h.upper is not None):
                 raise WalkError(errno.EACCES)
             if c == STORE_NAME and self.mounts.at(tuple(comps)) is not None:
                 raise WalkError(errno.ENOENT if must_exist or not last else errno.EACCES)
@@ -150,17 +183,19 @@ class PathWalk:
             if m is not None:
                 if last and not m.is_dir:
                     return Dentry(m.parent_fd, m.name, child, m, os.stat(m.name, dir_fd=m.parent_fd), owned)
-                comps, fd = list(child), m.fd
+                comps, h = list(child), self._root_handle(m)
                 continue
-            here = self.mounts.containing(tuple(comps)) if self.mounts.synthetic else None
-            fs = here.fs if here is not None else None
+            fs = here.fs
             if fs is not None:
                 fs.refresh(tuple(comps[len(here.guest):]), c, caller)
             try:
-                st = os.stat(c, dir_fd=fd, follow_symlinks=False)
+                if here.overlay is not None:
+                    st, where = here.overlay.lookup(h, c)
+                else:
+                    st, where = os.stat(c, dir_fd=h, follow_symlinks=False), h
             except OSError as e:
                 if e.errno == errno.ENOENT and last and not must_exist:
-                    return Dentry(fd, c, child, self.mounts.containing(tuple(comps)), None, owned)
+                    return Dentry(self._parent_fd(h), c, child, here, None, owned, dir_handle=h)
                 raise WalkError(e.errno) from None
             if stat.S_ISLNK(st.st_mode) and (not last or follow or want_dir):
                 if no_symlinks:
@@ -172,13 +207,13 @@ class PathWalk:
                     magic = fs.magic(tuple(comps[len(here.guest):]), c)
                     if magic is not None:
                         return self._magic_dentry(magic, child, owned)
-                target = os.readlink(c, dir_fd=fd)
+                target = os.readlink(c, dir_fd=where)
                 if not target:
                     raise WalkError(errno.ENOENT)
                 if target.startswith(b"/"):
                     if beneath:
                         raise WalkError(errno.EXDEV)
-                    comps, fd = list(root), None
+                    comps, h = list(root), None
                 todo.extend([t for t in target.split(b"/") if t][::-1])
                 if target.endswith(b"/") and last:
                     want_dir = True
@@ -186,14 +221,17 @@ class PathWalk:
             if last:
                 if want_dir and not stat.S_ISDIR(st.st_mode):
                     raise WalkError(errno.ENOTDIR)
-                return Dentry(fd, c, child, self.mounts.containing(tuple(comps)), st, owned)
+                return Dentry(where, c, child, here, st, owned, dir_handle=h)
             if not stat.S_ISDIR(st.st_mode):
                 raise WalkError(errno.ENOTDIR)
             try:
-                fd = os.open(c, O_DIRPATH, dir_fd=fd)
+                if here.overlay is not None:
+                    h = here.overlay.child(h, c, owned)
+                else:
+                    h = os.open(c, O_DIRPATH, dir_fd=h)
+                    owned.append(h)
             except OSError as e:
                 raise WalkError(e.errno) from None
-            owned.append(fd)
             comps = list(child)
         return self._dir_dentry(tuple(comps), owned, caller)
 
@@ -220,10 +258,85 @@ class PathWalk:
         m = self.mounts.at(comps)
         if m is not None and m.fs is not None:
             m.fs.refresh((), b".", caller)
+        if m is not None and m.overlay is not None:
+            h = m.overlay.root()
+            return Dentry(m.overlay.upper_fd, b".", comps, m, os.stat(b".", dir_fd=m.overlay.upper_fd), owned,
+                          dir_handle=h, self_handle=h)
         if m is not None:
             return Dentry(m.parent_fd, m.name, comps, m, os.stat(m.name, dir_fd=m.parent_fd,
                                                                   follow_symlinks=False), owned)
         parent = self.open_dir(comps[:-1], owned)
+        here = self.mounts.containing(comps[:-1])
+        if here.overlay is not None:
+            st, where = here.overlay.lookup(parent, comps[-1])
+            return Dentry(where, comps[-1], comps, here, st, owned, dir_handle=parent)
         st = os.stat(comps[-1], dir_fd=parent, follow_symlinks=False)
-        return Dentry(parent, comps[-1], comps, self.mounts.containing(comps[:-1]), st, owned)
+        return Dentry(parent, comps[-1], comps, here, st, owned)
 
+
+
+# ---- changes through an overlay (a no-op elsewhere) -----------------------------------
+
+def prepare_write(d: Dentry) -> None:
+    """Before an existing object is changed: copy it up if it is in the lower layer."""
+    ovl = d.mount.overlay
+    if ovl is None or d.st is None or d.in_upper or d.magic:
+        return
+    lower_ino = d.st.st_ino
+    d.parent_fd = ovl.copy_up(d.dir_handle, d.name, d.st, d._owned)
+    d.st = os.stat(d.name, dir_fd=d.parent_fd, follow_symlinks=False)
+    if hasattr(d.mount.store, "copied_up"):
+        d.mount.store.copied_up(lower_ino, d.st.st_ino)
+
+
+def prepare_create(d: Dentry) -> bool:
+    """Before a name is created: its directory must be in the upper layer, free of a
+    whiteout. Returns True when a whiteout was there (a new directory is then opaque)."""
+    ovl = d.mount.overlay
+    if ovl is None:
+        return False
+    d.parent_fd = ovl.upper_dir(d.dir_handle, d._owned)
+    d.cleared_whiteout = ovl.clear_whiteout(d.parent_fd, d.name)
+    return d.cleared_whiteout
+
+
+def remove(d: Dentry, is_dir: bool) -> None:
+    """unlink/rmdir, leaving a whiteout where a lower name must stay hidden."""
+    ovl = d.mount.overlay
+    if ovl is None:
+        (os.rmdir if is_dir else os.unlink)(d.name, dir_fd=d.parent_fd)
+        return
+    h = d.dir_handle
+    if is_dir:
+        sub = ovl.child(h, d.name, d._owned)
+        if not ovl.dir_is_empty(sub):
+            raise WalkError(errno.ENOTEMPTY)
+    upper = ovl.upper_dir(h, d._owned)
+    if d.in_upper or d.parent_fd == upper:
+        try:
+            os.stat(d.name, dir_fd=upper, follow_symlinks=False)
+            if is_dir:
+                _rmtree_at(upper, d.name)
+            else:
+                os.unlink(d.name, dir_fd=upper)
+        except FileNotFoundError:
+            pass
+    if ovl.in_lower(h, d.name):
+        ovl.whiteout(upper, d.name)
+
+
+def _rmtree_at(dirfd: int, name: bytes) -> None:
+    """An upper directory the guest sees as empty may still hold whiteouts."""
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+    try:
+        for entry in os.listdir(fd):
+            os.unlink(entry, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dirfd)
+
+
+def has_lower_dir(d: Dentry) -> bool:
+    """A directory whose content is (partly) in the lower layer: renaming it is EXDEV."""
+    ovl = d.mount.overlay
+    return ovl is not None and stat.S_ISDIR(d.st.st_mode) and ovl.in_lower(d.dir_handle, d.name)

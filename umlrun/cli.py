@@ -5,7 +5,7 @@ import argparse
 import sys
 
 RUN_USAGE = ("umlrun run [-r ROOTFS] [-b HOST[:GUEST[:ro]]]... [-w CWD] [-e K=V]... [--hostname H] "
-             "[--rw] [--trace-all] [--trace FILE] -- CMD [ARGS]")
+             "[--rw | --overlay DIR] [--trace-all] [--trace FILE] -- CMD [ARGS]")
 
 
 class Parser(argparse.ArgumentParser):
@@ -29,6 +29,8 @@ def build_parser() -> Parser:
     r.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
     r.add_argument("--hostname", default="umlrun", help="the jail's host name (uname -n)")
     r.add_argument("--rw", action="store_true", help="let the guest write into the rootfs itself")
+    r.add_argument("--overlay", metavar="DIR",
+                   help="keep the guest's changes in DIR across runs (default: a throwaway overlay)")
     r.add_argument("--trace-all", action="store_true",
                    help="trap every syscall with PTRACE_SYSEMU (UML's classic mode; slow, for teaching)")
     r.add_argument("--trace", metavar="FILE", help="write one line per trapped syscall to FILE (- for stderr)")
@@ -45,6 +47,9 @@ def cmd_run(args) -> int:
     from umlrun.jail import Bind, JailConfig, JailError, run_jail
 
     argv = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if args.rw and args.overlay:
+        sys.stderr.write("umlrun: --rw and --overlay exclude each other; pick one\n")
+        return 2
     if not argv:
         sys.stderr.write("umlrun: no command given; usage: " + RUN_USAGE + "\n")
         return 2
@@ -65,7 +70,8 @@ def cmd_run(args) -> int:
                 if name in os.environ:
                     env[name] = os.environ[name]
         cfg = JailConfig(argv=argv, rootfs=rootfs, binds=[Bind.parse(b) for b in args.bind], cwd=args.cwd,
-                         env=env, hostname=args.hostname, rw=args.rw, trap_all=args.trace_all,
+                         env=env, hostname=args.hostname, rw=args.rw, overlay=args.overlay,
+                         trap_all=args.trace_all,
                          trace_file=args.trace)
         return run_jail(cfg)
     except JailError as e:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from hostfs.mount import MountError, MountTable, split
+from hostfs.overlay import OverlayFS
 from hostfs.ownership import StoreError
 from hostfs.pathwalk import PathWalk, WalkError
 from hostfs.procfs import ProcFS
@@ -61,6 +62,7 @@ class JailConfig:
     env: dict[str, str] = field(default_factory=dict)
     hostname: str = "umlrun"
     rw: bool = False
+    overlay: str | None = None           # keep the overlay's upper layer here (default: throwaway)
     trap_all: bool = False
     trace_file: str | None = None
     setup: Callable | None = None        # called with the Kernel before the guest starts
@@ -83,13 +85,17 @@ class Jail:
     def build_mounts(self) -> None:
         cfg, mt = self.cfg, self.mounts
         empty = self._dir("empty", 0o555)
-        if cfg.rootfs is None:
-            mt.add(b"/", b"/", readonly=True)
+        lower = "/" if cfg.rootfs is None else cfg.rootfs
+        if not os.path.isdir(lower):
+            raise JailError(f"rootfs '{lower}' is not a directory; build one with: umlrun rootfs build busybox")
+        if cfg.rw:
+            mt.add(b"/", lower.encode())
         else:
-            if not os.path.isdir(cfg.rootfs):
-                raise JailError(f"rootfs '{cfg.rootfs}' is not a directory; "
-                                "build one with: umlrun rootfs build busybox")
-            mt.add(b"/", cfg.rootfs.encode(), readonly=not cfg.rw)
+            # The tree is the read-only lower layer of an overlay: writes go to the
+            # upper layer, kept with --overlay DIR, else gone with the jail.
+            upper = self._upper(lower)
+            ovl = OverlayFS(lower.encode(), upper, self._dir("merged", 0o700))
+            mt.add(b"/", upper, kind="overlay", overlay=ovl)
         # Private, writable, gone with the jail. /run also hides the host's sockets.
         mt.add(b"/tmp", self._dir("tmp", 0o1777), kind="tmpfs")
         mt.add(b"/run", self._dir("run", 0o755), kind="tmpfs")
@@ -107,6 +113,22 @@ class Jail:
                 prefix = point[:i]
                 if mt.at(prefix) is None and not self._exists(prefix):
                     mt.add(b"/" + b"/".join(prefix), empty, readonly=True, kind="synthetic")
+
+    def _upper(self, lower: str) -> bytes:
+        if self.cfg.overlay is None:
+            return self._dir("upper", 0o755)
+        upper = os.path.realpath(self.cfg.overlay)
+        real_lower = os.path.realpath(lower)
+        if upper == real_lower or upper.startswith(real_lower.rstrip("/") + "/") and real_lower != "/":
+            raise JailError(f"overlay directory '{self.cfg.overlay}' is inside the rootfs; put it elsewhere")
+        try:
+            os.makedirs(upper, exist_ok=True)
+        except OSError as e:
+            raise JailError(f"cannot use overlay directory '{self.cfg.overlay}': {e.strerror}; "
+                            "give a writable directory") from None
+        if not os.access(upper, os.W_OK | os.X_OK):
+            raise JailError(f"overlay directory '{self.cfg.overlay}' is not writable; give a writable directory")
+        return upper.encode()
 
     def _exists(self, comps: tuple) -> bool:
         try:

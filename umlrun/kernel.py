@@ -58,6 +58,7 @@ class InstallFd:
 
 
 GUEST_ERRORS = (SysError, WalkError, GuestFault)
+DEBUG = os.environ.get("UMLRUN_DEBUG")  # print host errors met inside handlers
 _GROUP_STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 
 
@@ -151,9 +152,13 @@ class Kernel:
         try:
             result = entry.handler(self, call)
         except GUEST_ERRORS as e:
+            if DEBUG and e.errno not in (errno.ENOENT, errno.EAGAIN) or DEBUG == "all":
+                traceback.print_exc(file=sys.stderr)
             platform.respond(n.id, -e.errno)
             return
         except OSError as e:
+            if DEBUG:  # a host call failed inside a handler: show where
+                traceback.print_exc(file=sys.stderr)
             platform.respond(n.id, -(e.errno or errno.EIO))
             return
         except Exception:

@@ -19,12 +19,12 @@ from umlrun.syscalls.files import (
     AT_FDCWD,
     AT_SYMLINK_NOFOLLOW,
     check_fd_writable,
-    check_writable,
     fd_mount,
     lookup,
     owner,
     s32,
     s64,
+    writable,
 )
 from umlrun.syscalls.namespace import _host_call
 
@@ -47,7 +47,7 @@ def do_chmod(k, c: Call, dirfd: int, path: bytes, mode: int, flags: int) -> int:
     with lookup(k, c, dirfd, path or b".", follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
         if stat.S_ISLNK(d.st.st_mode):
             raise SysError(errno.EOPNOTSUPP)
-        check_writable(d)
+        writable(d)
         _host_call(452, d.parent_fd, d.name, mode & 0o7777, AT_SYMLINK_NOFOLLOW)  # fchmodat2
     return 0
 
@@ -79,7 +79,7 @@ def sys_fchmod(k, c):
 def _chown(k, c: Call, mount, st, uid: int, gid: int, chmod) -> None:
     """Record the new owner; like Linux, a chown of a regular file drops its
     set-user-ID bit, and its set-group-ID bit when it is group-executable."""
-    default = owner(k, None, st)
+    default = owner(k, None, st)  # the host-derived owner (after copy-up, st is the upper copy)
     mount.store.chown(st, -1 if uid == UNSET else uid, -1 if gid == UNSET else gid, *default)
     if stat.S_ISREG(st.st_mode) and st.st_mode & 0o6000:
         drop = stat.S_ISUID | (stat.S_ISGID if st.st_mode & stat.S_IXGRP else 0)
@@ -93,7 +93,7 @@ def do_chown(k, c: Call, dirfd: int, path: bytes, uid: int, gid: int, flags: int
     if c.proc.cred.euid != 0:
         raise SysError(errno.EPERM)
     with lookup(k, c, dirfd, path or b".", follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
-        check_writable(d)
+        writable(d)
         _chown(k, c, d.mount, d.st, uid, gid,
                lambda mode: _host_call(452, d.parent_fd, d.name, mode, AT_SYMLINK_NOFOLLOW))
     return 0
@@ -166,7 +166,7 @@ def do_utimens(k, c: Call, dirfd: int, path: bytes | None, times: bytes | None, 
             os.close(hostfd)
         return 0
     with lookup(k, c, dirfd, path or b".", follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
-        check_writable(d)
+        writable(d)
         _host_call(280, d.parent_fd, d.name, tbuf, AT_SYMLINK_NOFOLLOW)  # utimensat
     return 0
 
@@ -199,7 +199,7 @@ def sys_truncate(k, c):
     with lookup(k, c, AT_FDCWD, c.path(0)) as d:
         if stat.S_ISDIR(d.st.st_mode):
             raise SysError(errno.EISDIR)
-        check_writable(d)
+        writable(d)
         if not stat.S_ISREG(d.st.st_mode):
             raise SysError(errno.EINVAL)
         fd = os.open(d.name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=d.parent_fd)
@@ -231,7 +231,7 @@ def _set(k, c: Call, follow: bool):
         raise SysError(errno.EINVAL)
     value = c.read(c.args[2], size)
     with _xattr_target(k, c, follow) as d:
-        check_writable(d)
+        writable(d)
         os.setxattr(_proc_path(d.parent_fd, d.name), name, value, flags, follow_symlinks=False)
     return 0
 
@@ -261,7 +261,7 @@ def _list(k, c: Call, follow: bool):
 def _remove(k, c: Call, follow: bool):
     name = _xattr_name(c, 1)
     with _xattr_target(k, c, follow) as d:
-        check_writable(d)
+        writable(d)
         os.removexattr(_proc_path(d.parent_fd, d.name), name, follow_symlinks=False)
     return 0
 

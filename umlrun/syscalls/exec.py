@@ -52,7 +52,7 @@ def _open_program(k, c: Call, dirfd: int, path: bytes, follow: bool):
         if cred.euid == 0:
             if not st.st_mode & 0o111:
                 raise SysError(errno.EACCES)
-        elif not permitted(k, d.mount, st, cred, 1):
+        elif not permitted(k, d.mount, st, cred, 1, d.in_upper):
             raise SysError(errno.EACCES)
         fd = os.open(d.name, os.O_RDONLY | d.o_nofollow | os.O_CLOEXEC, dir_fd=d.parent_fd)
         guest = d.guest_path

@@ -11,6 +11,7 @@ import errno
 import os
 import stat
 
+from hostfs.pathwalk import prepare_create, prepare_write
 from sysemu._sysemu import ffi, lib
 from umlrun.kernel import Call, InstallFd, SysError
 
@@ -93,23 +94,23 @@ def may_search(call: Call):
         return None
     k = call.k
 
-    def check(st, mount) -> bool:
-        return permitted(k, mount, st, cred, 1)
+    def check(st, mount, upper=True) -> bool:
+        return permitted(k, mount, st, cred, 1, upper)
     return check
 
 
-def owner(k, mount, st) -> tuple[int, int]:
+def owner(k, mount, st, upper: bool = True) -> tuple[int, int]:
     """The owner the guest sees: what it set with chown, else the host owner with
-    the guest's own host ids shown as root."""
-    e = mount.store.get(st.st_ino) if mount is not None and mount.store is not None else None
+    the guest's own host ids shown as root. upper: in an overlay, which layer st is from."""
+    e = mount.store.get(st.st_ino, upper) if mount is not None and mount.store is not None else None
     if e is not None:
         return e.uid, e.gid
     return (0 if st.st_uid in k.own_uids else st.st_uid), (0 if st.st_gid in k.own_gids else st.st_gid)
 
 
-def permitted(k, mount, st, cred, want: int) -> bool:
+def permitted(k, mount, st, cred, want: int, upper: bool = True) -> bool:
     """Unix permission bits for a non-root guest, against the guest-visible owner."""
-    uid, gid = owner(k, mount, st)
+    uid, gid = owner(k, mount, st, upper)
     if uid == cred.fsuid:
         bits = st.st_mode >> 6
     elif gid == cred.fsgid or gid in cred.groups:
@@ -119,9 +120,9 @@ def permitted(k, mount, st, cred, want: int) -> bool:
     return (bits & want) == want
 
 
-def check_access(k, call: Call, mount, st, want: int) -> None:
+def check_access(k, call: Call, mount, st, want: int, upper: bool = True) -> None:
     """EACCES unless a non-root guest has `want` (r=4, w=2, x=1) on the object."""
-    if call.proc.cred.fsuid != 0 and not permitted(k, mount, st, call.proc.cred, want):
+    if call.proc.cred.fsuid != 0 and not permitted(k, mount, st, call.proc.cred, want, upper):
         raise SysError(errno.EACCES)
 
 
@@ -153,6 +154,12 @@ def check_writable(d) -> None:
         raise SysError(errno.EROFS)
 
 
+def writable(d) -> None:
+    """About to change an existing object: EROFS on a read-only mount, copy-up in an overlay."""
+    check_writable(d)
+    prepare_write(d)
+
+
 def fd_mount(k, hostfd: int):
     """The mount a host descriptor lives in, or None when it is outside every mount
     (a descriptor the guest inherited from the host, such as its stdout)."""
@@ -160,11 +167,22 @@ def fd_mount(k, hostfd: int):
     return None if comps is None else k.mounts.containing(comps)
 
 
+def fd_in_upper(mount, host: bytes) -> bool:
+    """Is a host path in the upper layer of its mount (always, outside overlays)?"""
+    return mount is None or mount.overlay is None or host.startswith(mount.host.rstrip(b"/") + b"/")
+
+
 def check_fd_writable(k, hostfd: int) -> None:
-    m = fd_mount(k, hostfd)
+    host = host_path_of_fd(hostfd)
+    comps = k.mounts.guest_path_of(host)
+    m = None if comps is None else k.mounts.containing(comps)
     if m is None:
         raise SysError(errno.EPERM)
     if m.readonly:
+        raise SysError(errno.EROFS)
+    if not fd_in_upper(m, host):
+        # A descriptor on the lower layer itself: changing it would change the
+        # lower tree. (Copy-up through a descriptor is not offered yet.)
         raise SysError(errno.EROFS)
 
 
@@ -179,6 +197,14 @@ def give_to_guest(k, call: Call, d, kind: int = 0, rdev: int = 0) -> None:
 
 
 # ---- open ----------------------------------------------------------------------
+
+def merged_listing(d):
+    """For a directory present in both layers of an overlay: its merged placeholder."""
+    ovl = d.mount.overlay
+    h = d.self_handle or ovl.child(d.dir_handle, d.name, d._owned)
+    if h.upper is None or h.lower is None:
+        return None
+    return ovl.merged_listing(h, d.comps[len(d.mount.guest):])
 
 def do_open(k, call: Call, dirfd: int, path: bytes, flags: int, mode: int, resolve: int = 0):
     acc = flags & os.O_ACCMODE
@@ -196,12 +222,24 @@ def do_open(k, call: Call, dirfd: int, path: bytes, flags: int, mode: int, resol
         if d.mount.readonly and not flags & os.O_PATH:
             if (creat and st is None) or tmpfile or acc != os.O_RDONLY or flags & os.O_TRUNC:
                 check_writable(d)
+        writes = acc != os.O_RDONLY or flags & os.O_TRUNC
         if creat and st is None or tmpfile:
             mode = mode & 0o7777 & ~call.proc.umask()
             check_dir_writable(k, call, d)
+            if tmpfile:
+                prepare_write(d)
+            else:
+                prepare_create(d)
         elif st is not None and not flags & os.O_PATH:
             want = {os.O_RDONLY: 4, os.O_WRONLY: 2, os.O_RDWR: 6}.get(acc, 6) | (2 if flags & os.O_TRUNC else 0)
-            check_access(k, call, d.mount, st, want)
+            check_access(k, call, d.mount, st, want, d.in_upper)
+            if writes:
+                prepare_write(d)
+            elif stat.S_ISDIR(st.st_mode) and d.mount.overlay is not None:
+                listing = merged_listing(d)
+                if listing is not None:  # a directory in both layers: list the union
+                    fd = os.open(listing, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (flags & os.O_NONBLOCK))
+                    return InstallFd(fd, bool(flags & os.O_CLOEXEC))
         hostflags = flags | d.o_nofollow | os.O_CLOEXEC | os.O_NOCTTY
         if flags & os.O_PATH:
             # SECCOMP_IOCTL_NOTIF_ADDFD cannot install O_PATH descriptors: the guest
@@ -261,10 +299,10 @@ def _u32(buf, off: int) -> int:
     return int.from_bytes(buf[off:off + 4], "little")
 
 
-def _guest_view(k, mount, buf: bytearray, ino: int, uid_off: int, gid_off: int):
+def _guest_view(k, mount, buf: bytearray, ino: int, upper: bool, uid_off: int, gid_off: int):
     """Patch a raw stat/statx buffer with the guest-visible owner; returns the
     store entry (for device placeholders) or None."""
-    e = mount.store.get(ino) if mount is not None and mount.store is not None else None
+    e = mount.store.get(ino, upper) if mount is not None and mount.store is not None else None
     if e is not None:
         uid, gid = e.uid, e.gid
     else:
@@ -276,13 +314,13 @@ def _guest_view(k, mount, buf: bytearray, ino: int, uid_off: int, gid_off: int):
     return e if e is not None and e.kind else None
 
 
-def raw_stat(k, dirfd: int, name: bytes, flags: int, mount=None) -> bytes:
+def raw_stat(k, dirfd: int, name: bytes, flags: int, mount=None, upper: bool = True) -> bytes:
     buf = ffi.new("char[]", STAT_SIZE)
     r = lib.sysemu_fstatat(dirfd, name, buf, flags)
     if r < 0:
         raise SysError(-r)
     out = bytearray(ffi.buffer(buf, STAT_SIZE))
-    dev = _guest_view(k, mount, out, int.from_bytes(out[8:16], "little"), 28, 32)
+    dev = _guest_view(k, mount, out, int.from_bytes(out[8:16], "little"), upper, 28, 32)
     if dev is not None:  # a device placeholder: its type and number, not the empty file's
         mode = (_u32(out, 24) & 0o7777) | dev.kind
         out[24:28] = mode.to_bytes(4, "little")
@@ -290,16 +328,50 @@ def raw_stat(k, dirfd: int, name: bytes, flags: int, mount=None) -> bytes:
     return bytes(out)
 
 
+def _lower_identity(d):
+    """Inside an overlay, a directory present in the lower layer keeps its (dev, ino)."""
+    ovl = d.mount.overlay
+    if ovl is None or d.st is None or not stat.S_ISDIR(d.st.st_mode) or not d.in_upper:
+        return None
+    if d.self_handle is not None:  # the overlay's root
+        if d.self_handle.lower is None:
+            return None
+        st = os.fstat(ovl.lower_fd)
+        return st.st_dev, st.st_ino
+    return ovl.lower_identity(d.dir_handle, d.name)
+
+
+def stat_dentry(k, d) -> bytes:
+    data = raw_stat(k, d.parent_fd, d.name, d.nofollow, d.mount, d.in_upper)
+    ident = _lower_identity(d)
+    if ident is not None:
+        data = ident[0].to_bytes(8, "little") + ident[1].to_bytes(8, "little") + data[16:]
+    return data
+
+
+def overlay_alias(k, host: bytes):
+    """The guest path of a merged-listing placeholder, or None."""
+    for m in k.mounts.by_point.values():
+        if m.overlay is not None and host in m.overlay.aliases:
+            return m.guest + m.overlay.aliases[host]
+    return None
+
+
 def _stat_fd(k, c: Call, fd: int) -> bytes:
     if fd == AT_FDCWD:
         with lookup(k, c, AT_FDCWD, b".") as d:
-            return raw_stat(k, d.parent_fd, d.name, d.nofollow, d.mount)
+            return stat_dentry(k, d)
     # Through /proc/PID/fd/N without following: the descriptor's own object,
     # O_PATH descriptors (even of symlinks) included.
     link = guest_fd_link(c, fd)
+    alias = overlay_alias(k, os.readlink(link))
+    if alias is not None:  # a merged directory's listing: answer for the directory itself
+        with k.vfs.walk(b"/" + b"/".join(alias), caller=c.proc) as d:
+            return stat_dentry(k, d)
     hostfd = os.open(link, os.O_PATH | os.O_CLOEXEC)
     try:
-        return raw_stat(k, hostfd, b"", AT_EMPTY_PATH, fd_mount(k, hostfd))
+        mount = fd_mount(k, hostfd)
+        return raw_stat(k, hostfd, b"", AT_EMPTY_PATH, mount, fd_in_upper(mount, host_path_of_fd(hostfd)))
     finally:
         os.close(hostfd)
 
@@ -312,7 +384,7 @@ def do_stat(k, c: Call, dirfd: int, path_arg: int, buf: int, flags: int) -> int:
         data = _stat_fd(k, c, dirfd)
     else:
         with lookup(k, c, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
-            data = raw_stat(k, d.parent_fd, d.name, d.nofollow, d.mount)
+            data = stat_dentry(k, d)
     c.write(c.args[buf], data)
     return 0
 
@@ -346,21 +418,30 @@ def sys_statx(k, c: Call):
     out = ffi.new("char[]", STATX_SIZE)
     sync = flags & AT_STATX_SYNC_TYPE
     path = c.path(1) if (c.args[1] or not flags & AT_EMPTY_PATH) else b""
+    ident = None
+    if not path and flags & AT_EMPTY_PATH and dirfd != AT_FDCWD:
+        alias = overlay_alias(k, os.readlink(guest_fd_link(c, dirfd)))
+        if alias is not None:
+            path, dirfd = b"/" + b"/".join(alias), AT_FDCWD
     if not path and flags & AT_EMPTY_PATH and dirfd != AT_FDCWD:
         hostfd = os.open(guest_fd_link(c, dirfd), os.O_PATH | os.O_CLOEXEC)
         try:
             r = lib.sysemu_statx(hostfd, b"", AT_EMPTY_PATH | sync, mask, out)
             mount = fd_mount(k, hostfd)
+            upper = fd_in_upper(mount, host_path_of_fd(hostfd))
         finally:
             os.close(hostfd)
     else:
         with lookup(k, c, dirfd, path or b".", follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
             r = lib.sysemu_statx(d.parent_fd, d.name, d.nofollow | sync, mask, out)
-            mount = d.mount
+            mount, ident, upper = d.mount, _lower_identity(d), d.in_upper
     if r < 0:
         raise SysError(-r)
     data = bytearray(ffi.buffer(out, STATX_SIZE))
-    dev = _guest_view(k, mount, data, int.from_bytes(data[32:40], "little"), 20, 24)
+    if ident is not None:
+        data[32:40] = ident[1].to_bytes(8, "little")
+        data[136:144] = os.major(ident[0]).to_bytes(4, "little") + os.minor(ident[0]).to_bytes(4, "little")
+    dev = _guest_view(k, mount, data, int.from_bytes(data[32:40], "little"), upper, 20, 24)
     if dev is not None:
         mode = (int.from_bytes(data[28:30], "little") & 0o7777) | dev.kind
         data[28:30] = mode.to_bytes(2, "little")

@@ -11,6 +11,7 @@ import errno
 import os
 import stat
 
+from hostfs.pathwalk import has_lower_dir, prepare_create, prepare_write, remove
 from sysemu._sysemu import ffi, lib
 from umlrun.kernel import Call, SysError
 from umlrun.syscalls.files import (
@@ -34,7 +35,8 @@ def _last_component(path: bytes) -> bytes:
 
 
 def _create_target(k, c: Call, dirfd: int, path: bytes):
-    """Dentry for a name about to be created: it must not exist; EROFS on read-only mounts."""
+    """Dentry for a name about to be created: it must not exist; EROFS on read-only
+    mounts. In an overlay its directory is then in the upper layer."""
     d = lookup(k, c, dirfd, path, follow=False, must_exist=False)
     if d.exists:
         d.close()
@@ -44,6 +46,7 @@ def _create_target(k, c: Call, dirfd: int, path: bytes):
         raise SysError(errno.EROFS)
     try:
         check_dir_writable(k, c, d)
+        prepare_create(d)
     except SysError:
         d.close()
         raise
@@ -53,6 +56,8 @@ def _create_target(k, c: Call, dirfd: int, path: bytes):
 def do_mkdir(k, c: Call, dirfd: int, path: bytes, mode: int) -> int:
     with _create_target(k, c, dirfd, path) as d:
         os.mkdir(d.name, mode & 0o7777 & ~c.proc.umask(), dir_fd=d.parent_fd)
+        if d.cleared_whiteout:  # a lower directory of that name was deleted: keep it hidden
+            d.mount.overlay.make_opaque(d.parent_fd, d.name)
         give_to_guest(k, c, d)
     return 0
 
@@ -128,7 +133,7 @@ def do_rmdir(k, c: Call, dirfd: int, path: bytes) -> int:
         if not stat.S_ISDIR(d.st.st_mode):
             raise SysError(errno.ENOTDIR)
         _removable(k, d)
-        os.rmdir(d.name, dir_fd=d.parent_fd)
+        remove(d, is_dir=True)
         d.mount.store.unlinked(d.st)
     return 0
 
@@ -140,7 +145,7 @@ def do_unlink(k, c: Call, dirfd: int, path: bytes) -> int:
         _removable(k, d)
         if stat.S_ISDIR(d.st.st_mode):
             raise SysError(errno.EISDIR)
-        os.unlink(d.name, dir_fd=d.parent_fd)
+        remove(d, is_dir=False)
         d.mount.store.unlinked(d.st)
     return 0
 
@@ -189,7 +194,16 @@ def do_rename(k, c: Call, olddir: int, old: bytes, newdir: int, new: bytes, flag
             _removable(k, dst)
         elif dst.mount.readonly:
             raise SysError(errno.EROFS)
+        ovl = src.mount.overlay
+        if ovl is not None:
+            if has_lower_dir(src) or (dst.exists and has_lower_dir(dst)):
+                raise SysError(errno.EXDEV)  # as overlayfs without redirect_dir: mv copies
+            prepare_write(src)
+            prepare_write(dst)
+            prepare_create(dst)
         _host_call(316, src.parent_fd, src.name, dst.parent_fd, dst.name, flags)  # renameat2
+        if ovl is not None and not flags & RENAME_EXCHANGE and ovl.in_lower(src.dir_handle, src.name):
+            ovl.whiteout(src.parent_fd, src.name)
         if dst.exists and not flags & RENAME_EXCHANGE:
             dst.mount.store.unlinked(dst.st)
     return 0
@@ -216,6 +230,7 @@ def do_link(k, c: Call, olddir: int, old: bytes, newdir: int, new: bytes, flags:
             raise SysError(errno.EXDEV)
         if stat.S_ISDIR(src.st.st_mode):
             raise SysError(errno.EPERM)
+        prepare_write(src)
         os.link(src.name, dst.name, src_dir_fd=src.parent_fd, dst_dir_fd=dst.parent_fd,
                 follow_symlinks=False)
     return 0

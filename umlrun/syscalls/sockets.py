@@ -15,6 +15,7 @@ import socket
 import stat
 import threading
 
+from hostfs.pathwalk import prepare_create
 from sysemu._sysemu import ffi, lib
 from umlrun.kernel import CONTINUE, DEFERRED, Call, SysError
 from umlrun.syscalls.files import AT_FDCWD, check_writable, give_to_guest, lookup, s32
@@ -72,6 +73,7 @@ def sys_bind(k, c: Call):
             if d.exists:
                 raise SysError(errno.EADDRINUSE)
             check_writable(d)
+            prepare_create(d)
             _raw(NR_BIND, hostfd, _host_unix_addr(d.parent_fd, d.name))
             give_to_guest(k, c, d)
         return 0
