@@ -70,6 +70,9 @@ class MountTable:
     def __init__(self):
         self.by_point: dict[tuple[bytes, ...], Mount] = {}
         self.synthetic = False      # any mount with a refreshing filesystem?
+        # Host files standing in for guest objects that cannot be handed over as
+        # themselves (a merged listing, an O_PATH descriptor of a symlink).
+        self.aliases: dict[bytes, tuple[bytes, ...]] = {}
 
     def add(self, guest: bytes, host: bytes, readonly: bool = False, kind: str = "bind", fs=None,
             overlay=None) -> Mount:
@@ -106,13 +109,13 @@ class MountTable:
         """Reverse lookup: the guest path of a host path (as /proc/PID/fd shows it),
         through the mount with the longest matching host prefix (an overlay's
         lower layer and its merged listings count too); None if outside all."""
+        alias = self.aliases.get(host)
+        if alias is not None:
+            return alias
         best, best_root = None, b""
         for m in self.by_point.values():
             roots = [m.host]
             if m.overlay is not None:
-                alias = m.overlay.aliases.get(host)
-                if alias is not None:
-                    return m.guest + alias
                 roots.append(m.overlay.lower_path)
             for r in roots:
                 prefix = r.rstrip(b"/") + b"/"

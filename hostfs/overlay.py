@@ -43,12 +43,13 @@ def is_whiteout(dirfd: int, name: bytes, st) -> bool:
 
 
 class OverlayFS:
-    def __init__(self, lower: bytes, upper: bytes, merged_dir: bytes):
+    def __init__(self, lower: bytes, upper: bytes, merged_dir: bytes, aliases: dict, guest: tuple = ()):
         self.lower_path, self.upper_path = lower, upper
         self.lower_fd = os.open(lower, O_DIRPATH)
         self.upper_fd = os.open(upper, O_DIRPATH)
         self.merged_dir = merged_dir            # where merged listings are kept
-        self.aliases: dict[bytes, tuple] = {}   # placeholder host path -> guest-relative path
+        self.aliases = aliases                  # the mount table's: placeholder host path -> guest path
+        self.guest = guest                      # where the overlay is mounted
 
     # ---- the walk's side ---------------------------------------------------------
 
@@ -240,7 +241,7 @@ class OverlayFS:
                 os.symlink(b".", p)
             else:
                 open(p, "wb").close()
-        self.aliases[path] = guest_rel
+        self.aliases[path] = self.guest + guest_rel
         return path
 
     def dir_is_empty(self, h: OvlDir) -> bool:

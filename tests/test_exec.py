@@ -63,3 +63,10 @@ def test_shebang_to_a_dynamic_interpreter(loader_tree):
     script.chmod(0o755)
     r = umlrun("run", "-r", loader_tree, "--", "/bin/script", "arg")
     assert r.stdout == "hello argv0=/bin/hello argc=4 exe=/bin/hello\n", r.stderr
+
+
+def test_dynamic_program_inside_a_chroot(loader_tree):
+    """The loader gets the program's path as the chrooted process names it. (No /proc
+    is mounted inside that tree, so /proc/self/exe is unreadable, as on Linux.)"""
+    r = umlrun("run", "-b", f"{loader_tree}:/mnt/tree", "--", "chroot", "/mnt/tree", "/bin/hello")
+    assert r.stdout == "hello argv0=/bin/hello argc=1 exe=\n", r.stderr

@@ -263,3 +263,19 @@ def test_unprivileged_user_runs_a_jail(busybox_root, public_tmp):
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=60)
     assert r.returncode == 5, r.stderr
     assert r.stdout.splitlines()[:2] == ["uid=0(root) gid=0(root)", "hi"]
+
+
+def test_o_path_descriptor_of_a_symlink_and_gnu_tar():
+    """glibc's lchmod and GNU tar open symlinks with O_PATH|O_NOFOLLOW."""
+    script = r"""
+set -e
+cd /tmp && mkdir x && ln -s target x/l && echo data > x/f
+tar -cf a.tar x && rm -r x && tar -xf a.tar && readlink x/l && cat x/f
+python3 -c '
+import os, stat
+fd = os.open("/tmp/x/l", os.O_PATH | os.O_NOFOLLOW)
+print(stat.S_ISLNK(os.fstat(fd).st_mode), os.readlink("", dir_fd=fd))
+'
+"""
+    r = umlrun("run", "--", "sh", "-c", script)
+    assert r.stdout == "target\ndata\nTrue target\n", r.stderr

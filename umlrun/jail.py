@@ -94,7 +94,7 @@ class Jail:
             # The tree is the read-only lower layer of an overlay: writes go to the
             # upper layer, kept with --overlay DIR, else gone with the jail.
             upper = self._upper(lower)
-            ovl = OverlayFS(lower.encode(), upper, self._dir("merged", 0o700))
+            ovl = OverlayFS(lower.encode(), upper, self._dir("merged", 0o700), mt.aliases)
             mt.add(b"/", upper, kind="overlay", overlay=ovl)
         # Private, writable, gone with the jail. /run also hides the host's sockets.
         mt.add(b"/tmp", self._dir("tmp", 0o1777), kind="tmpfs")
@@ -236,6 +236,7 @@ class Jail:
                                  guest_host_uid=NOBODY if root else None,
                                  guest_host_gid=NOBODY if root else None)
         self.procfs.k = k
+        k.placeholder_dir = self._dir("placeholders", 0o755).decode()
         if cfg.setup is not None:
             cfg.setup(k)
         env = self.environment()

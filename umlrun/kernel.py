@@ -100,6 +100,18 @@ class Kernel:
         # user, and files it creates are handed to that user.
         self.chown_to = (guest_host_uid, guest_host_gid) if guest_host_uid is not None else None
         self.exit_status: int | None = None
+        self.placeholder_dir: str | None = None  # for files standing in for unhandable objects
+        self._placeholders = 0
+
+    def placeholder(self, guest: tuple) -> int:
+        """An empty host file, opened, that stands for the guest object `guest` (which
+        cannot be installed as itself: ADDFD refuses O_PATH descriptors). The
+        stat and *at(fd, "", AT_EMPTY_PATH) handlers answer for the object."""
+        self._placeholders += 1
+        path = os.path.join(self.placeholder_dir or "/tmp", str(self._placeholders)).encode()
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400)
+        self.mounts.aliases[path] = guest
+        return fd
 
     # ---- the loop -----------------------------------------------------------------
 

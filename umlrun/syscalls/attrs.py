@@ -19,6 +19,7 @@ from umlrun.syscalls.files import (
     AT_FDCWD,
     AT_SYMLINK_NOFOLLOW,
     check_fd_writable,
+    fd_dentry,
     fd_mount,
     lookup,
     owner,
@@ -39,16 +40,23 @@ def _proc_path(dirfd: int, name: bytes) -> bytes:
     return b"/proc/self/fd/%d/%s" % (dirfd, name)
 
 
+def _target(k, c: Call, dirfd: int, path: bytes, flags: int):
+    """What a *at() call acts on: the path, or with AT_EMPTY_PATH and "", the descriptor's object."""
+    if not path and flags & AT_EMPTY_PATH:
+        return fd_dentry(k, c, dirfd)
+    return lookup(k, c, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW)
+
+
 # ---- chmod / chown ---------------------------------------------------------------
 
 def do_chmod(k, c: Call, dirfd: int, path: bytes, mode: int, flags: int) -> int:
     if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
         raise SysError(errno.EINVAL)
-    with lookup(k, c, dirfd, path or b".", follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
+    with _target(k, c, dirfd, path, flags) as d:
         if stat.S_ISLNK(d.st.st_mode):
             raise SysError(errno.EOPNOTSUPP)
         writable(d)
-        _host_call(452, d.parent_fd, d.name, mode & 0o7777, AT_SYMLINK_NOFOLLOW)  # fchmodat2
+        _host_call(452, d.parent_fd, d.name, mode & 0o7777, d.nofollow)  # fchmodat2
     return 0
 
 
@@ -92,10 +100,10 @@ def do_chown(k, c: Call, dirfd: int, path: bytes, uid: int, gid: int, flags: int
         raise SysError(errno.EINVAL)
     if c.proc.cred.euid != 0:
         raise SysError(errno.EPERM)
-    with lookup(k, c, dirfd, path or b".", follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
+    with _target(k, c, dirfd, path, flags) as d:
         writable(d)
         _chown(k, c, d.mount, d.st, uid, gid,
-               lambda mode: _host_call(452, d.parent_fd, d.name, mode, AT_SYMLINK_NOFOLLOW))
+               lambda mode: _host_call(452, d.parent_fd, d.name, mode, d.nofollow))
     return 0
 
 
@@ -165,9 +173,9 @@ def do_utimens(k, c: Call, dirfd: int, path: bytes | None, times: bytes | None, 
         finally:
             os.close(hostfd)
         return 0
-    with lookup(k, c, dirfd, path or b".", follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
+    with _target(k, c, dirfd, path, flags) as d:
         writable(d)
-        _host_call(280, d.parent_fd, d.name, tbuf, AT_SYMLINK_NOFOLLOW)  # utimensat
+        _host_call(280, d.parent_fd, d.name, tbuf, d.nofollow)  # utimensat
     return 0
 
 
@@ -232,14 +240,14 @@ def _set(k, c: Call, follow: bool):
     value = c.read(c.args[2], size)
     with _xattr_target(k, c, follow) as d:
         writable(d)
-        os.setxattr(_proc_path(d.parent_fd, d.name), name, value, flags, follow_symlinks=False)
+        os.setxattr(_proc_path(d.parent_fd, d.name), name, value, flags, follow_symlinks=d.magic)
     return 0
 
 
 def _get(k, c: Call, follow: bool):
     name, size = _xattr_name(c, 1), c.args[3]
     with _xattr_target(k, c, follow) as d:
-        value = os.getxattr(_proc_path(d.parent_fd, d.name), name, follow_symlinks=False)
+        value = os.getxattr(_proc_path(d.parent_fd, d.name), name, follow_symlinks=d.magic)
     return _answer(c, c.args[2], size, value)
 
 
@@ -254,7 +262,7 @@ def _answer(c: Call, addr: int, size: int, value: bytes) -> int:
 
 def _list(k, c: Call, follow: bool):
     with _xattr_target(k, c, follow) as d:
-        names = os.listxattr(_proc_path(d.parent_fd, d.name), follow_symlinks=False)
+        names = os.listxattr(_proc_path(d.parent_fd, d.name), follow_symlinks=d.magic)
     return _answer(c, c.args[1], c.args[2], b"".join(os.fsencode(n) + b"\0" for n in names))
 
 
@@ -262,7 +270,7 @@ def _remove(k, c: Call, follow: bool):
     name = _xattr_name(c, 1)
     with _xattr_target(k, c, follow) as d:
         writable(d)
-        os.removexattr(_proc_path(d.parent_fd, d.name), name, follow_symlinks=False)
+        os.removexattr(_proc_path(d.parent_fd, d.name), name, follow_symlinks=d.magic)
     return 0
 
 

@@ -55,7 +55,7 @@ def _open_program(k, c: Call, dirfd: int, path: bytes, follow: bool):
         elif not permitted(k, d.mount, st, cred, 1, d.in_upper):
             raise SysError(errno.EACCES)
         fd = os.open(d.name, os.O_RDONLY | d.o_nofollow | os.O_CLOEXEC, dir_fd=d.parent_fd)
-        guest = d.guest_path
+        guest = b"/" + b"/".join(d.comps[len(c.proc.fs.root):])  # as the (maybe chrooted) process names it
     try:
         head = os.pread(fd, BINPRM_BUF, 0)
     except OSError:

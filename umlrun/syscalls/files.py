@@ -244,9 +244,9 @@ def do_open(k, call: Call, dirfd: int, path: bytes, flags: int, mode: int, resol
         if flags & os.O_PATH:
             # SECCOMP_IOCTL_NOTIF_ADDFD cannot install O_PATH descriptors: the guest
             # gets the same object opened read-only instead (it may stat it, walk
-            # from it, fchdir to it, exec it). A symlink cannot be opened that way.
-            if stat.S_ISLNK(st.st_mode):
-                raise SysError(errno.ELOOP)
+            # from it, fchdir to it, exec it).
+            if stat.S_ISLNK(st.st_mode):  # the symlink itself: a stand-in that stat and *at("") know
+                return InstallFd(k.placeholder(d.comps), bool(flags & os.O_CLOEXEC))
             hostflags = (os.O_RDONLY | os.O_NONBLOCK | (flags & os.O_DIRECTORY) | d.o_nofollow
                          | os.O_CLOEXEC | os.O_NOCTTY)
         if st is not None and stat.S_ISFIFO(st.st_mode) and not flags & (os.O_NONBLOCK | os.O_PATH):
@@ -350,11 +350,19 @@ def stat_dentry(k, d) -> bytes:
 
 
 def overlay_alias(k, host: bytes):
-    """The guest path of a merged-listing placeholder, or None."""
-    for m in k.mounts.by_point.values():
-        if m.overlay is not None and host in m.overlay.aliases:
-            return m.guest + m.overlay.aliases[host]
-    return None
+    """The guest path a stand-in file answers for (a merged listing, a symlink), or None."""
+    return k.mounts.aliases.get(host)
+
+
+def fd_dentry(k, c: Call, fd: int):
+    """The object a guest descriptor holds, as a Dentry (for *at(fd, "", AT_EMPTY_PATH))."""
+    if fd == AT_FDCWD:
+        return lookup(k, c, AT_FDCWD, b".")
+    target = os.readlink(guest_fd_link(c, fd))
+    comps = k.mounts.guest_path_of(target) if target.startswith(b"/") else None
+    if comps is None:
+        raise SysError(errno.EBADF if not target.startswith(b"/") else errno.ENOENT)
+    return k.vfs.walk(b"/" + b"/".join(comps), follow=False, caller=c.proc)
 
 
 def _stat_fd(k, c: Call, fd: int) -> bytes:
@@ -365,8 +373,8 @@ def _stat_fd(k, c: Call, fd: int) -> bytes:
     # O_PATH descriptors (even of symlinks) included.
     link = guest_fd_link(c, fd)
     alias = overlay_alias(k, os.readlink(link))
-    if alias is not None:  # a merged directory's listing: answer for the directory itself
-        with k.vfs.walk(b"/" + b"/".join(alias), caller=c.proc) as d:
+    if alias is not None:  # a stand-in: answer for the object itself
+        with k.vfs.walk(b"/" + b"/".join(alias), follow=False, caller=c.proc) as d:
             return stat_dentry(k, d)
     hostfd = os.open(link, os.O_PATH | os.O_CLOEXEC)
     try:
@@ -422,7 +430,7 @@ def sys_statx(k, c: Call):
     if not path and flags & AT_EMPTY_PATH and dirfd != AT_FDCWD:
         alias = overlay_alias(k, os.readlink(guest_fd_link(c, dirfd)))
         if alias is not None:
-            path, dirfd = b"/" + b"/".join(alias), AT_FDCWD
+            path, dirfd, flags = b"/" + b"/".join(alias), AT_FDCWD, flags | AT_SYMLINK_NOFOLLOW
     if not path and flags & AT_EMPTY_PATH and dirfd != AT_FDCWD:
         hostfd = os.open(guest_fd_link(c, dirfd), os.O_PATH | os.O_CLOEXEC)
         try:
@@ -491,7 +499,13 @@ def sys_faccessat2(k, c: Call):
 def do_readlink(k, c: Call, dirfd: int, path: bytes, buf: int, size: int) -> int:
     if size <= 0:
         raise SysError(errno.EINVAL)
-    with lookup(k, c, dirfd, path, follow=False) as d:
+    if path:
+        d = lookup(k, c, dirfd, path, follow=False)
+    elif dirfd != AT_FDCWD and os.readlink(guest_fd_link(c, dirfd)) in k.mounts.aliases:
+        d = fd_dentry(k, c, dirfd)  # readlinkat(fd, ""): an O_PATH descriptor of a symlink
+    else:
+        raise SysError(errno.ENOENT)
+    with d:
         if not stat.S_ISLNK(d.st.st_mode):
             raise SysError(errno.EINVAL)
         target = os.readlink(d.name, dir_fd=d.parent_fd)
