@@ -106,14 +106,19 @@ class PathWalk:
         h = self._root_handle(m)
         for c in comps[len(m.guest):]:
             try:
-                if m.overlay is not None:
-                    h = m.overlay.child(h, c, owned)
-                else:
-                    h = os.open(c, O_DIRPATH, dir_fd=h)
-                    owned.append(h)
+                h = self._child_dir(m, h, c, owned)
             except OSError as e:
                 raise WalkError(errno.ENOENT if e.errno == errno.ELOOP else e.errno) from None
         return h
+
+    @staticmethod
+    def _child_dir(m: Mount, h, name: bytes, owned: list[int]):
+        """The handle of directory `name` in h (never following a symlink)."""
+        if m.overlay is not None:
+            return m.overlay.child(h, name, owned)
+        fd = os.open(name, O_DIRPATH, dir_fd=h)
+        owned.append(fd)
+        return fd
 
     @staticmethod
     def _stat_dir(m: Mount, h):
@@ -225,11 +230,7 @@ class PathWalk:
             if not stat.S_ISDIR(st.st_mode):
                 raise WalkError(errno.ENOTDIR)
             try:
-                if here.overlay is not None:
-                    h = here.overlay.child(h, c, owned)
-                else:
-                    h = os.open(c, O_DIRPATH, dir_fd=h)
-                    owned.append(h)
+                h = self._child_dir(here, h, c, owned)
             except OSError as e:
                 raise WalkError(e.errno) from None
             comps = list(child)

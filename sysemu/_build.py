@@ -12,23 +12,7 @@ from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
 
-CDEF = """
-struct sysemu_notif {
-    uint64_t id;
-    uint32_t pid;
-    int32_t nr;
-    uint32_t arch;
-    uint64_t ip;
-    uint64_t args[6];
-};
-
-struct sysemu_event {
-    int kind;            /* 1 = notification, 2 = ptrace stop / exit (waitpid status) */
-    int pid;
-    int status;
-    struct sysemu_notif n;
-};
-
+CDEF = (HERE / "sysemu.h").read_text().split("*/", 1)[1] + """
 struct user_regs_struct {
     unsigned long r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi,
         orig_rax, rip, cs, eflags, rsp, ss, fs_base, gs_base, ds, es, fs, gs;
@@ -68,6 +52,7 @@ ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "sysemu._sysemu",
     (HERE / "sysemu.c").read_text(),
+    include_dirs=[str(HERE)],
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
 )
 

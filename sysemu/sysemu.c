@@ -43,21 +43,7 @@
 #define SYS_pidfd_getfd 438
 #endif
 
-struct sysemu_notif {
-    uint64_t id;
-    uint32_t pid;
-    int32_t nr;
-    uint32_t arch;
-    uint64_t ip;
-    uint64_t args[6];
-};
-
-struct sysemu_event {
-    int kind;
-    int pid;
-    int status;
-    struct sysemu_notif n;
-};
+#include "sysemu.h"
 
 /* ---- the event wait ------------------------------------------------------ */
 

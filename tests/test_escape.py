@@ -177,3 +177,17 @@ def test_readonly_bind_protects_hostdir(probe_dir, tmp_path):
         assert set(blocks[target].values()) == {"-1 ENOENT"}, target
     for case in ("open_creat_new", "mkdir_new", "rmdir_sub", "symlink_new", "unlink_lnk", "rename_sub"):
         assert dirops[case] == "-1 EROFS", case
+
+
+def test_host_device_nodes_cannot_be_changed(busybox_root):
+    """/dev/null and friends are the host's own nodes: usable, never modifiable (even as real root)."""
+    before = {n: os.stat(f"/dev/{n}") for n in ("null", "zero", "full", "urandom")}
+    r = umlrun("run", "-r", busybox_root, "--", "sh", "-c",
+               "for d in null zero full urandom; do chmod 000 /dev/$d; chown 5:5 /dev/$d; touch /dev/$d; "
+               "rm /dev/$d; done; echo ok > /dev/null && head -c 4 /dev/zero | wc -c")
+    assert r.stdout.strip() == "4", r.stderr
+    assert r.stderr.count("Read-only file system") >= 12
+    for name, st in before.items():
+        now = os.stat(f"/dev/{name}")
+        assert (now.st_mode, now.st_uid, now.st_gid, now.st_mtime_ns) == \
+            (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns), name

@@ -79,24 +79,18 @@ def native_chroot(busybox_root, tmp_path, script):
                           env={"PATH": "/bin:/sbin:/usr/bin:/usr/sbin"}, timeout=60)
 
 
-def test_busybox_script_matches_native_chroot(busybox_root, tmp_path):
+@pytest.mark.parametrize("script, marker", [
+    (SCRIPT, "done 0"),
+    (SCRIPT2, "inner /tmp/w2/inner -arg"),  # a #! interpreter that is itself a script
+], ids=["shell-and-applets", "more-file-calls"])
+def test_busybox_script_matches_native_chroot(busybox_root, tmp_path, script, marker):
     need_root("the native side is a chroot")
-    native = native_chroot(busybox_root, tmp_path, SCRIPT)
+    native = native_chroot(busybox_root, tmp_path, script)
     assert native.returncode == 0, native.stderr
-    jailed = umlrun("run", "-r", busybox_root, "--", "/bin/sh", "-c", SCRIPT)
+    jailed = umlrun("run", "-r", busybox_root, "--", "/bin/sh", "-c", script)
     assert jailed.returncode == 0, jailed.stderr
     assert jailed.stdout == native.stdout
-    assert "done 0" in jailed.stdout
-
-
-def test_more_file_calls_match_native_chroot(busybox_root, tmp_path):
-    need_root("the native side is a chroot")
-    native = native_chroot(busybox_root, tmp_path, SCRIPT2)
-    assert native.returncode == 0, native.stderr
-    jailed = umlrun("run", "-r", busybox_root, "--", "/bin/sh", "-c", SCRIPT2)
-    assert jailed.returncode == 0, jailed.stderr
-    assert jailed.stdout == native.stdout
-    assert "inner /tmp/w2/inner -arg" in jailed.stdout  # a #! interpreter that is itself a script
+    assert marker in jailed.stdout
 
 
 def test_guest_sees_its_own_tree_and_is_root(busybox_root):

@@ -162,7 +162,9 @@ class Jail:
         self.mounts.add(b"/dev/shm", self._dir("shm", 0o1777), kind="tmpfs")
         for name in DEVICES:
             if os.path.exists(f"/dev/{name}"):
-                self.mounts.add(b"/dev/" + name.encode(), b"/dev/" + name.encode(), kind="devfs")
+                # Read-only: the guest may read and write the device, never change the
+                # host's node itself (chmod, chown, times, xattrs).
+                self.mounts.add(b"/dev/" + name.encode(), b"/dev/" + name.encode(), readonly=True, kind="devfs")
         # The user's own terminal, at its own name (ttyname() checks it there);
         # never the rest of the host's /dev/pts.
         for fd in (0, 1, 2):
@@ -172,7 +174,7 @@ class Jail:
                 continue
             if tty.startswith(b"/dev/pts/") and self.mounts.at(split(tty)) is None:
                 open(os.path.join(dev, b"pts", os.path.basename(tty)), "wb").close()
-                self.mounts.add(tty, tty, kind="devpts")
+                self.mounts.add(tty, tty, readonly=True, kind="devpts")
 
     # ---- the command -------------------------------------------------------------
 

@@ -149,7 +149,14 @@ def lookup(k, call: Call, dirfd: int, path: bytes, *, follow: bool = True, must_
 
 
 def check_writable(d) -> None:
-    """EROFS for a change to an existing object on a read-only mount."""
+    """EROFS for a change to an object (its data or metadata) on a read-only mount."""
+    if d.mount.readonly:
+        raise SysError(errno.EROFS)
+
+
+def check_data_writable(d) -> None:
+    """EROFS for opening to write on a read-only mount, except where the data is not
+    the filesystem's (a device, a FIFO, a socket: Linux's sb_permission)."""
     if d.mount.readonly and (d.st is None or stat.S_IFMT(d.st.st_mode) in _RO_TYPES):
         raise SysError(errno.EROFS)
 
@@ -221,7 +228,7 @@ def do_open(k, call: Call, dirfd: int, path: bytes, flags: int, mode: int, resol
             raise SysError(errno.EISDIR)
         if d.mount.readonly and not flags & os.O_PATH:
             if (creat and st is None) or tmpfile or acc != os.O_RDONLY or flags & os.O_TRUNC:
-                check_writable(d)
+                check_data_writable(d)
         writes = acc != os.O_RDONLY or flags & os.O_TRUNC
         if creat and st is None or tmpfile:
             mode = mode & 0o7777 & ~call.proc.umask()
@@ -471,7 +478,7 @@ def do_access(k, c: Call, dirfd: int, path: bytes, mode: int, flags: int) -> int
     with lookup(k, c, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
         st = d.st
         if mode & os.W_OK:
-            check_writable(d)
+            check_data_writable(d)
         cred = c.proc.cred
         uid = cred.euid if flags & AT_EACCESS else cred.ruid
         if uid == 0:
