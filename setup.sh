@@ -3,7 +3,7 @@
 # a virtual environment, and the cffi extension compiled in place.
 set -euo pipefail
 cd "$(dirname "$0")"
-PKGS="gcc libc6-dev python3-dev python3-venv libseccomp2 ca-certificates"
+PKGS="gcc libc6-dev python3-dev python3-venv libseccomp2 ca-certificates wget gpgv debian-archive-keyring"
 missing=$(for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ]; then
     # Only the build packages need root; umlrun itself never does.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from . import busybox
+from . import busybox, debian
 from .cache import cache_dir, trees_dir
 from .errors import RootfsError
 from .ui import Ui
@@ -26,6 +26,7 @@ Builder = Callable[..., None]  # populate(tree: Path, *, mirror, suite, ui: Ui) 
 
 BUILDERS: dict[str, Builder] = {
     "busybox": busybox.populate,
+    "debian": debian.populate,
 }
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -62,6 +63,7 @@ def build(
     mirror: str | None = None,
     suite: str | None = None,
     console: Console | None = None,
+    include: str | None = None,
 ) -> Path:
     """Build tree `name` into dest (default: the cache) and return its path."""
     builder = BUILDERS.get(name)
@@ -76,7 +78,7 @@ def build(
     # A sibling, so the final os.rename() stays on one filesystem and is atomic.
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
     try:
-        builder(tmp, mirror=mirror, suite=suite, ui=ui)
+        builder(tmp, mirror=mirror, suite=suite, ui=ui, **({"include": include} if include else {}))
         os.chmod(tmp, 0o755)  # mkdtemp made it 0700; a root directory is 0755
         try:
             os.rename(tmp, target)

@@ -13,6 +13,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("build", help="download and build a root filesystem tree")
     p.add_argument("name", choices=sorted(BUILDERS))
     p.add_argument("dest", nargs="?", help="build here instead of the cache")
+    p.add_argument("--include", help="extra packages, comma-separated (debian)")
     p.add_argument("--mirror", help="Debian mirror URL (default: from the host's apt sources)")
     p.add_argument("--suite", help="Debian suite, e.g. bookworm (default: from apt sources, or stable with --mirror)")
     sub.add_parser("list", help="list the cached trees")
@@ -23,7 +24,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         if args.rootfs_command == "build":
-            print(build(args.name, args.dest, mirror=args.mirror, suite=args.suite))
+            print(build(args.name, args.dest, mirror=args.mirror, suite=args.suite, include=args.include))
         elif args.rootfs_command == "list":
             for name, path in list_trees():
                 print(f"{name}\t{path}")

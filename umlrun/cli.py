@@ -5,7 +5,7 @@ import argparse
 import sys
 
 RUN_USAGE = ("umlrun run [-r ROOTFS] [-b HOST[:GUEST[:ro]]]... [-w CWD] [-e K=V]... [--hostname H] "
-             "[--rw | --overlay DIR] [--trace-all] [--trace FILE] -- CMD [ARGS]")
+             "[--net none|host] [--rw | --overlay DIR] [--trace-all] [--trace FILE] -- CMD [ARGS]")
 
 
 class Parser(argparse.ArgumentParser):
@@ -28,6 +28,8 @@ def build_parser() -> Parser:
     r.add_argument("-w", "--cwd", help="working directory in the guest")
     r.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
     r.add_argument("--hostname", default="umlrun", help="the jail's host name (uname -n)")
+    r.add_argument("--net", choices=("none", "host"), default="none",
+                   help="none: no external network (default); host: the host's network")
     r.add_argument("--rw", action="store_true", help="let the guest write into the rootfs itself")
     r.add_argument("--overlay", metavar="DIR",
                    help="keep the guest's changes in DIR across runs (default: a throwaway overlay)")
@@ -70,7 +72,7 @@ def cmd_run(args) -> int:
                 if name in os.environ:
                     env[name] = os.environ[name]
         cfg = JailConfig(argv=argv, rootfs=rootfs, binds=[Bind.parse(b) for b in args.bind], cwd=args.cwd,
-                         env=env, hostname=args.hostname, rw=args.rw, overlay=args.overlay,
+                         env=env, hostname=args.hostname, net=args.net, rw=args.rw, overlay=args.overlay,
                          trap_all=args.trace_all,
                          trace_file=args.trace)
         return run_jail(cfg)

@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Callable
 
+import net_tap
 from hostfs.mount import MountError, MountTable, split
 from hostfs.overlay import OverlayFS
 from hostfs.ownership import StoreError
@@ -63,6 +64,7 @@ class JailConfig:
     hostname: str = "umlrun"
     rw: bool = False
     overlay: str | None = None           # keep the overlay's upper layer here (default: throwaway)
+    net: str = "none"                    # net_tap mode: none or host
     trap_all: bool = False
     trace_file: str | None = None
     setup: Callable | None = None        # called with the Kernel before the guest starts
@@ -237,6 +239,7 @@ class Jail:
         self.kernel = k = Kernel(self.mounts, hostname=cfg.hostname.encode(), trap_all=cfg.trap_all,
                                  guest_host_uid=NOBODY if root else None,
                                  guest_host_gid=NOBODY if root else None)
+        net_tap.apply(k.table, cfg.net)
         self.procfs.k = k
         k.placeholder_dir = self._dir("placeholders", 0o755).decode()
         if cfg.setup is not None:

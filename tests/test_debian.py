@@ -1,0 +1,56 @@
+"""A real Debian userland: built without host root, apt and dpkg inside the jail."""
+import pytest
+from conftest import umlrun
+
+
+@pytest.fixture(scope="session")
+def debian_root():
+    """The cached Debian tree (built on first use by `umlrun rootfs build debian`)."""
+    import rootfs
+    return rootfs.ensure("debian")
+
+
+def test_tree_has_debian_ownership(debian_root):
+    r = umlrun("run", "-r", debian_root, "--", "sh", "-c",
+               "cat /etc/debian_version; stat -c '%U %G %A' /etc/shadow /usr/bin/passwd; id -un")
+    lines = r.stdout.splitlines()
+    assert lines[1:] == ["root shadow -rw-r-----", "root root -rwsr-xr-x", "root"], r.stderr
+
+
+def test_apt_get_install_hello(debian_root):
+    r = umlrun("run", "--net", "host", "-r", debian_root, "--", "sh", "-c",
+               "apt-get update -q >/dev/null && apt-get install -y -q hello >/dev/null && hello", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout == "Hello, world!\n"
+
+
+def test_dpkg_installs_a_local_package(debian_root):
+    script = r"""
+set -e
+mkdir -p /tmp/pkg/DEBIAN /tmp/pkg/usr/bin
+printf 'Package: umlrun-probe\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@t>\nDescription: t\n' > /tmp/pkg/DEBIAN/control
+printf '#!/bin/sh\necho probe-ran\n' > /tmp/pkg/usr/bin/umlrun-probe && chmod 755 /tmp/pkg/usr/bin/umlrun-probe
+dpkg-deb --build /tmp/pkg /tmp/probe.deb >/dev/null
+dpkg -i /tmp/probe.deb >/dev/null
+umlrun-probe; dpkg -s umlrun-probe | grep Status
+"""
+    r = umlrun("run", "-r", debian_root, "--", "sh", "-c", script)
+    assert r.stdout == "probe-ran\nStatus: install ok installed\n", r.stderr
+
+
+def test_chown_persists_in_a_kept_overlay(debian_root, tmp_path):
+    up = tmp_path / "upper"
+    first = umlrun("run", "-r", debian_root, "--overlay", up, "--", "sh", "-c",
+                   "touch /srv/f && chown daemon:mail /srv/f && mkdir /srv/d && chown nobody /srv/d")
+    assert first.returncode == 0, first.stderr
+    again = umlrun("run", "-r", debian_root, "--overlay", up, "--", "sh", "-c", "ls -l /srv | tail -n +2")
+    owners = [line.split()[2:4] for line in again.stdout.splitlines()]
+    assert owners == [["nobody", "root"], ["daemon", "mail"]], again.stdout + again.stderr
+
+
+def test_no_network_by_default(busybox_root):
+    r = umlrun("run", "-r", busybox_root, "--", "sh", "-c", "wget -q -O- http://127.0.0.1:9/ 2>&1; true")
+    assert "Address family not supported" in r.stdout
+    host = umlrun("run", "--net", "host", "-r", busybox_root, "--", "sh", "-c",
+                  "wget -q -O- http://127.0.0.1:9/ 2>&1; true")
+    assert "Address family not supported" not in host.stdout and "refused" in host.stdout.lower()
