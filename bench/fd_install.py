@@ -30,7 +30,8 @@ def ptrace_openat(k, c: Call):
     """openat answered by injection: the guest itself opens the host path we resolved."""
     flags, mode = s32(c.args[2]), s32(c.args[3])
     with lookup(k, c, s32(c.args[0]), c.path(1), follow=not flags & os.O_NOFOLLOW) as d:
-        host = d.mount.host.rstrip(b"/") + b"/" + b"/".join(d.comps[len(d.mount.guest):])
+        # The real directory of the layer holding the name (overlays have two).
+        host = os.readlink(b"/proc/self/fd/%d" % d.parent_fd).rstrip(b"/") + b"/" + d.name
     scratch = (c.regs.rsp - 128 - len(host) - 1) & ~15
     c.write(scratch, host + b"\0")
     return k.platform.inject_syscall(c.pid, c.regs, 257, AT_FDCWD, scratch, flags | os.O_NOFOLLOW, mode)

@@ -192,7 +192,7 @@ class PathWalk:
                 continue
             fs = here.fs
             if fs is not None:
-                fs.refresh(tuple(comps[len(here.guest):]), c, caller)
+                fs.refresh(tuple(comps[len(here.guest):]), c, caller, last)
             try:
                 if here.overlay is not None:
                     st, where = here.overlay.lookup(h, c)

@@ -39,10 +39,11 @@ class ProcFS:
 
     # ---- the walk's hooks ----------------------------------------------------
 
-    def refresh(self, rel: tuple, name: bytes, caller) -> None:
-        """Make /proc/<rel>/<name> exist with fresh content before it is looked up."""
+    def refresh(self, rel: tuple, name: bytes, caller, last: bool = True) -> None:
+        """Make /proc/<rel>/<name> exist with fresh content before it is looked up.
+        last: the walk ends there (a /proc/PID directory may then be listed)."""
         if not rel:
-            self._top(name, caller)
+            self._top(name, caller, last)
         elif len(rel) == 1 and rel[0].isdigit():
             proc = self.k.procs.get(int(rel[0]))
             if proc is None:
@@ -52,7 +53,7 @@ class ProcFS:
             elif name in PID_FILES:
                 self._copy(b"/proc/%d/%s" % (proc.tgid, name), self._path(rel[0], name), self._rewrite(name, proc))
             elif name in (b"cwd", b"root", b"exe"):
-                self._links(proc)
+                self._links(proc, name)
         elif rel == (b"sys",) or rel[:1] == (b"sys",):
             self._build_sys()
 
@@ -72,12 +73,12 @@ class ProcFS:
     def _path(self, *parts: bytes) -> bytes:
         return os.path.join(self.dir, *parts)
 
-    def _top(self, name: bytes, caller) -> None:
+    def _top(self, name: bytes, caller, last: bool) -> None:
         tgids = self.k.procs.tgids()
         if name == b".":
             self._prune(tgids)
             for pid in tgids:
-                self._fill_pid(pid)
+                self._fill_pid(pid, listing=False)
             for f in GLOBAL_FILES:
                 self._copy(b"/proc/" + f, self._path(f))
             for link, target in ((b"self", b"%d" % caller.tgid if caller else b"0"),
@@ -87,15 +88,15 @@ class ProcFS:
             self._build_sys()
         elif name == b"self" and caller is not None:
             self._link(self._path(b"self"), b"%d" % caller.tgid)
-            self._fill_pid(caller.tgid)
+            self._fill_pid(caller.tgid, listing=False)
         elif name == b"thread-self" and caller is not None:
             self._link(self._path(name), b"%d/task/%d" % (caller.tgid, caller.tid))
-            self._fill_pid(caller.tgid)
+            self._fill_pid(caller.tgid, listing=False)
         elif name == b"mounts":
             self._link(self._path(name), b"self/mounts")
         elif name.isdigit():
             if int(name) in tgids:
-                self._fill_pid(int(name))
+                self._fill_pid(int(name), listing=last)
             else:
                 shutil.rmtree(self._path(name), ignore_errors=True)
         elif name in GLOBAL_FILES:
@@ -108,27 +109,31 @@ class ProcFS:
             if entry.isdigit() and int(entry) not in tgids:
                 shutil.rmtree(self._path(entry), ignore_errors=True)
 
-    def _fill_pid(self, pid: int) -> None:
-        """The skeleton of /proc/PID: its files exist (empty, as Linux shows their size),
-        their content is written when they are looked up."""
+    def _fill_pid(self, pid: int, listing: bool) -> None:
+        """/proc/PID: its links always; for a listing also its files (empty, as Linux
+        shows their size: content is written when one is looked up)."""
         proc = self.k.procs.get(pid)
         if proc is None:
             return
         d = self._path(b"%d" % pid)
-        if not os.path.isdir(d):
-            os.makedirs(d)
+        os.makedirs(d, exist_ok=True)
+        if listing and not os.path.exists(os.path.join(d, PID_FILES[0])):
             for f in PID_FILES:
-                open(os.path.join(d, f), "wb").close()
+                open(os.path.join(d, f), "ab").close()
             for sub in (b"fd", b"fdinfo", b"task"):
-                os.mkdir(os.path.join(d, sub))
-        self._links(proc)
+                os.makedirs(os.path.join(d, sub), exist_ok=True)
+        if listing:
+            self._links(proc)
 
-    def _links(self, proc) -> None:
+    def _links(self, proc, only: bytes | None = None) -> None:
         d = self._path(b"%d" % proc.tgid)
-        self._link(os.path.join(d, b"cwd"), b"/" + b"/".join(proc.fs.cwd))
-        self._link(os.path.join(d, b"root"), b"/" + b"/".join(proc.fs.root))
-        exe = proc.extra.get("exe") or self._guest_link(b"/proc/%d/exe" % proc.tid)
-        self._link(os.path.join(d, b"exe"), exe)
+        if only in (None, b"cwd"):
+            self._link(os.path.join(d, b"cwd"), b"/" + b"/".join(proc.fs.cwd))
+        if only in (None, b"root"):
+            self._link(os.path.join(d, b"root"), b"/" + b"/".join(proc.fs.root))
+        if only in (None, b"exe"):
+            exe = proc.extra.get("exe") or self._guest_link(b"/proc/%d/exe" % proc.tid)
+            self._link(os.path.join(d, b"exe"), exe)
 
     def _fill_dir(self, pid: int, sub: bytes) -> None:
         d = self._path(b"%d" % pid, sub)
