@@ -23,7 +23,6 @@ int sysemu_wait(int notify_fd, int sig_fd, struct sysemu_event *ev);
 int sysemu_notify_set_sync(int notify_fd);
 int sysemu_respond(int notify_fd, uint64_t id, int64_t val, int error, uint32_t flags);
 int sysemu_addfd(int notify_fd, uint64_t id, int srcfd, uint32_t newfd_flags, int send, int tid);
-int sysemu_id_valid(int notify_fd, uint64_t id);
 
 long sysemu_read(int pid, uint64_t addr, void *buf, size_t len);
 long sysemu_write(int pid, uint64_t addr, const void *buf, size_t len);
@@ -34,7 +33,6 @@ long sysemu_cont(int pid, int request, int sig);
 long sysemu_getregs(int pid, struct user_regs_struct *regs);
 long sysemu_setregs(int pid, struct user_regs_struct *regs);
 long sysemu_geteventmsg(int pid, unsigned long *msg);
-long sysemu_getsiginfo(int pid, void *buf);
 
 int sysemu_pidfd_open(int pid);
 int sysemu_pidfd_getfd(int pidfd, int fd);

@@ -149,9 +149,6 @@ class Platform:
         Returns the guest fd number or -errno."""
         return lib.sysemu_addfd(self.notify_fd, notif_id, hostfd, os.O_CLOEXEC if cloexec else 0, int(send), tid)
 
-    def still_valid(self, notif_id: int) -> bool:
-        return lib.sysemu_id_valid(self.notify_fd, notif_id) == 0
-
     # ---- guest memory -------------------------------------------------------
 
     def read(self, pid: int, addr: int, size: int) -> bytes:

@@ -156,11 +156,6 @@ static int sysemu_addfd(int notify_fd, uint64_t id, int srcfd, uint32_t newfd_fl
     return r < 0 ? -err : r;
 }
 
-static int sysemu_id_valid(int notify_fd, uint64_t id)
-{
-    return ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) < 0 ? -errno : 0;
-}
-
 /* ---- guest memory ------------------------------------------------------- */
 
 static long sysemu_read(int pid, uint64_t addr, void *buf, size_t len)
@@ -228,11 +223,6 @@ static long sysemu_setregs(int pid, struct user_regs_struct *regs)
 static long sysemu_geteventmsg(int pid, unsigned long *msg)
 {
     return ptrace(PTRACE_GETEVENTMSG, pid, 0, msg) < 0 ? -errno : 0;
-}
-
-static long sysemu_getsiginfo(int pid, void *buf)
-{
-    return ptrace(PTRACE_GETSIGINFO, pid, 0, buf) < 0 ? -errno : 0;
 }
 
 /* ---- host-side helpers ------------------------------------------------------ */

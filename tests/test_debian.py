@@ -54,3 +54,31 @@ def test_no_network_by_default(busybox_root):
     host = umlrun("run", "--net", "host", "-r", busybox_root, "--", "sh", "-c",
                   "wget -q -O- http://127.0.0.1:9/ 2>&1; true")
     assert "Address family not supported" not in host.stdout and "refused" in host.stdout.lower()
+
+
+DEV_PACKAGES = "python3,gcc,libc6-dev,make,git"
+DEV_SCRIPT = r"""
+set -e
+cd /tmp
+python3 -c 'import json, email.parser, http.client, unittest, asyncio, sqlite3; print("python", sum(range(10)))'
+mkdir proj && cd proj
+printf '#include <stdio.h>\nint add(int, int);\nint main(void) { printf("sum %%d\\n", add(2, 3)); return 0; }\n' > main.c
+printf 'int add(int a, int b) { return a + b; }\n' > add.c
+printf 'app: main.o add.o\n\tgcc -o app main.o add.o\n%%.o: %%.c\n\tgcc -O2 -c $<\n' > Makefile
+make -s -j2 && ./app
+git init -q && git add . && git -c user.email=t@t -c user.name=t commit -qm init && git log --format=%s
+"""
+
+
+@pytest.fixture(scope="session")
+def debian_dev_root():
+    """A Debian tree with python3, gcc, make and git (built once, cached as debian-dev)."""
+    import rootfs
+    from rootfs.cache import trees_dir
+    path = trees_dir() / "debian-dev"
+    return path if path.is_dir() else rootfs.build("debian", path, include=DEV_PACKAGES)
+
+
+def test_python_gcc_make_git(debian_dev_root):
+    r = umlrun("run", "-r", debian_dev_root, "--", "sh", "-c", DEV_SCRIPT, timeout=300)
+    assert r.stdout == "python 45\nsum 5\ninit\n", r.stderr

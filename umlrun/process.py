@@ -76,12 +76,6 @@ class ProcessTable:
         self.by_tid: dict[int, Process] = {}
         self.init: Process | None = None
 
-    def __contains__(self, tid: int) -> bool:
-        return tid in self.by_tid
-
-    def __len__(self) -> int:
-        return len(self.by_tid)
-
     def get(self, tid: int) -> Process | None:
         return self.by_tid.get(tid)
 

@@ -119,9 +119,6 @@ class SyscallTable:
         entry = Syscall(nr, name, EMULATED, handler=handler, note=note)
         self.by_nr[nr] = self.by_name[name] = entry
 
-    def name_of(self, nr: int) -> str:
-        entry = self.by_nr.get(nr)
-        return entry.name if entry else f"syscall_{nr}"
 
 
 def build_table() -> SyscallTable:
