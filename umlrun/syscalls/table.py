@@ -120,7 +120,6 @@ class SyscallTable:
         self.by_nr[nr] = self.by_name[name] = entry
 
 
-
 def build_table() -> SyscallTable:
     """The full table: natives, denials, then each family's emulated handlers."""
     from umlrun.syscalls import attrs, exec, files, identity, namespace, policy, signals, sockets, system
