@@ -105,7 +105,13 @@ def prepare(k, c: Call, dirfd: int, path: bytes, flags: int):
     if not path and flags & AT_EMPTY_PATH:
         fd = k.guest_fd(c, dirfd)
         head = os.pread(fd, BINPRM_BUF, 0) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
-        program = script_name = b"/dev/fd/%d" % dirfd
+        script_name = b"/dev/fd/%d" % dirfd
+        # An ELF loader must open the program by name, and the descriptor may be
+        # close-on-exec: name the file by its guest path when it has one.
+        comps = k.mounts.guest_path_of(os.readlink(b"/proc/self/fd/%d" % fd))
+        root = c.proc.fs.root
+        program = (b"/" + b"/".join(comps[len(root):]) if comps is not None and comps[:len(root)] == root
+                   else script_name)
     else:
         fd, head, program = _open_program(k, c, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW)
         script_name = path

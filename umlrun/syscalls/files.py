@@ -224,6 +224,8 @@ def do_open(k, call: Call, dirfd: int, path: bytes, flags: int, mode: int, resol
         st = d.st
         if st is not None and creat and flags & os.O_EXCL:
             raise SysError(errno.EEXIST)
+        if st is None and path.endswith(b"/"):  # only a directory can be named so
+            raise SysError(errno.EISDIR)
         if st is not None and stat.S_ISDIR(st.st_mode) and (acc != os.O_RDONLY or creat) and not tmpfile:
             raise SysError(errno.EISDIR)
         if d.mount.readonly and not flags & os.O_PATH:

@@ -83,13 +83,15 @@ def sys_tkill(k, c: Call):
     return CONTINUE if _guest(k, tid) else -errno.ESRCH
 
 
-def pid_arg(i: int):
-    """A handler for calls whose argument i names a process (0: the caller)."""
+def pid_arg(i: int, negative: int = errno.ESRCH):
+    """A handler for calls whose argument i names a process (0: the caller).
+    negative: Linux's answer for a negative pid (ESRCH from its pid lookup, or
+    EINVAL for the calls that check the sign first)."""
     def handler(k, c: Call):
         pid = s32(c.args[i])
         if pid == 0 or _guest(k, pid):
             return CONTINUE
-        raise SysError(errno.ESRCH if pid > 0 else errno.EINVAL)
+        raise SysError(errno.ESRCH if pid > 0 else negative)
     return handler
 
 
@@ -126,15 +128,16 @@ def register(t) -> None:
     t.emulate("tgkill", sys_tgkill, note="guest pids only")
     t.emulate("rt_sigqueueinfo", pid_arg(0), note="guest pids only")
     t.emulate("rt_tgsigqueueinfo", pid_arg(0), note="guest pids only")
-    t.emulate("pidfd_open", pid_arg(0), note="guest pids only")
+    t.emulate("pidfd_open", pid_arg(0, errno.EINVAL), note="guest pids only")
     t.emulate("pidfd_send_signal", lambda k, c: CONTINUE, note="pidfds only ever name guest processes")
     t.emulate("setpgid", sys_setpgid, note="guest process groups only")
     t.emulate("kcmp", sys_kcmp, note="guest pids only")
-    for name in ("sched_setaffinity", "sched_getaffinity", "sched_setscheduler", "sched_getscheduler",
-                 "sched_setparam", "sched_getparam", "sched_rr_get_interval", "sched_setattr",
-                 "sched_getattr", "prlimit64", "get_robust_list", "move_pages", "process_vm_readv",
-                 "process_vm_writev"):
-        t.emulate(name, pid_arg(0), note="guest pids only; the caller itself does not trap",
+    sign_checked = ("sched_setscheduler", "sched_getscheduler", "sched_setparam", "sched_getparam",
+                    "sched_rr_get_interval", "sched_setattr", "sched_getattr")
+    for name in sign_checked + ("sched_setaffinity", "sched_getaffinity", "prlimit64", "get_robust_list",
+                                "move_pages", "process_vm_readv", "process_vm_writev"):
+        t.emulate(name, pid_arg(0, errno.EINVAL if name in sign_checked else errno.ESRCH),
+                  note="guest pids only; the caller itself does not trap",
                   native_if_zero=0 if name not in ("process_vm_readv", "process_vm_writev") else None)
     t.emulate("getpriority", who_arg(PRIO_PROCESS, PRIO_PGRP), note="guest pids only", native_if_zero=1)
     t.emulate("setpriority", who_arg(PRIO_PROCESS, PRIO_PGRP), note="guest pids only", native_if_zero=1)
