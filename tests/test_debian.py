@@ -82,3 +82,35 @@ def debian_dev_root():
 def test_python_gcc_make_git(debian_dev_root):
     r = umlrun("run", "-r", debian_dev_root, "--", "sh", "-c", DEV_SCRIPT, timeout=300)
     assert r.stdout == "python 45\nsum 5\ninit\n", r.stderr
+
+
+CPYTHON_MODULES = ("test_os test_posix test_shutil test_subprocess test_signal test_tempfile test_glob test_stat "
+                   "test_fcntl test_mmap test_select test_selectors test_threading test_fileio test_time "
+                   "test_pathlib test_unittest test_tarfile test_zipfile test_file test_pipes test_resource "
+                   "test_getpass test_pwd test_grp test_uuid test_random test_hashlib test_zlib test_json").split()
+
+
+def _failed_modules(output: str) -> set[str]:
+    """Modules that `python -m test` reports as "test test_x failed -- ..."."""
+    return {line.split()[1] for line in output.splitlines() if line.startswith("test ") and " failed" in line}
+
+
+@pytest.mark.long
+def test_cpython_modules_pass_as_natively(debian_dev_root):
+    """CPython's own tests, natively in a chroot of the tree and in the jail: same failures."""
+    import os
+    import subprocess
+    if os.geteuid() != 0:
+        pytest.skip("the native side needs root (a chroot with /proc mounted)")
+    install = umlrun("run", "--rw", "--net", "host", "-r", debian_dev_root, "--", "sh", "-c",
+                     "test -f /usr/lib/python3.11/test/test_os.py || apt-get install -y -q libpython3.11-testsuite",
+                     timeout=900)
+    assert install.returncode == 0, install.stderr[-2000:]
+    t = str(debian_dev_root)
+    native = subprocess.run(["unshare", "-m", "sh", "-c",
+                             f"mount -t proc proc {t}/proc && mount --bind /dev {t}/dev && "
+                             f"mount -t tmpfs tmpfs {t}/tmp && chroot {t} python3 -m test -j2 "
+                             + " ".join(CPYTHON_MODULES)], capture_output=True, text=True, timeout=1800)
+    jailed = umlrun("run", "--net", "host", "-r", debian_dev_root, "--", "python3", "-m", "test", "-j2",
+                    *CPYTHON_MODULES, timeout=1800)
+    assert _failed_modules(jailed.stdout) == _failed_modules(native.stdout), jailed.stdout[-4000:]
