@@ -32,27 +32,8 @@
 #define X32_BIT 0x40000000L
 #define NR_pidfd_open 434
 
-static const char *ename(int e)
-{
-    static char buf[16];
-    const char *n = strerrorname_np(e);
-    if (n)
-        return n;
-    snprintf(buf, sizeof buf, "E%d", e);
-    return buf;
-}
+#include "probe.h"
 
-static long ck(const char *name, long r)
-{
-    int e = errno;
-    if (r == -1)
-        printf("%s -1 %s\n", name, ename(e));
-    else
-        printf("%s ok\n", name);
-    fflush(stdout);
-    errno = e;
-    return r;
-}
 
 /* first line of a file, or "-1 ERRNO" */
 static void show(const char *tag, const char *path)

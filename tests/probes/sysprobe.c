@@ -39,28 +39,8 @@
 
 struct how { uint64_t flags, mode, resolve; }; /* struct open_how, VER0 = 24 bytes */
 
-static const char *ename(int e)
-{
-    static char buf[16];
-    const char *n = strerrorname_np(e);
-    if (n)
-        return n;
-    snprintf(buf, sizeof buf, "E%d", e);
-    return buf;
-}
+#include "probe.h"
 
-/* r is a raw syscall() result: -1 with errno set on failure. */
-static long ck(const char *name, long r)
-{
-    int e = errno;
-    if (r == -1)
-        printf("%s -1 %s\n", name, ename(e));
-    else
-        printf("%s ok\n", name);
-    fflush(stdout);
-    errno = e;
-    return r;
-}
 
 static char *cat(const char *a, const char *b)
 {
