@@ -33,6 +33,9 @@
 #ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
 #define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (1UL << 0)
 #endif
+#ifndef SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+#define SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (1UL << 5)
+#endif
 #ifndef SECCOMP_ADDFD_FLAG_SEND
 #define SECCOMP_ADDFD_FLAG_SEND (1UL << 1)
 #endif
@@ -285,7 +288,14 @@ static int sysemu_child_exec(const char *path, char *const argv[], char *const e
     /* Dropping uid cleared the death signal; set it again. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     struct sock_fprog prog = {.len = (unsigned short)(bpf_len / 8), .filter = (void *)bpf};
-    int listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+    /* WAIT_KILLABLE_RECV: once the supervisor has received a call, only a fatal
+     * signal may interrupt the guest's wait. Without it a signal (a SIGCHLD, say)
+     * makes the kernel drop the notification and restart the call after the
+     * supervisor already did it: a link() done twice fails with EEXIST. */
+    int listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
+                           SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV, &prog);
+    if (listener < 0 && errno == EINVAL) /* kernels before 5.19 */
+        listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
     if (listener < 0)
         _exit(126);
     /* Tell the supervisor the listener's number; it takes its own copy with
