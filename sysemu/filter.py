@@ -24,7 +24,13 @@ def compile_filter(table: SyscallTable) -> bytes:
     f.set_attr(seccomp.Attr.CTL_OPTIMIZE, 2)
     for entry in table:
         if entry.disposition == NATIVE:
-            f.add_rule(seccomp.ALLOW, entry.nr)
+            if entry.refuse:
+                for arg, value, err in entry.refuse:
+                    f.add_rule(seccomp.ERRNO(err), entry.nr, seccomp.Arg(arg, seccomp.EQ, value))
+                f.add_rule(seccomp.ALLOW, entry.nr,
+                           *[seccomp.Arg(arg, seccomp.NE, value) for arg, value, _ in entry.refuse])
+            else:
+                f.add_rule(seccomp.ALLOW, entry.nr)
         elif entry.disposition == DENIED:
             if entry.errno != errno.ENOSYS:
                 f.add_rule(seccomp.ERRNO(entry.errno), entry.nr)

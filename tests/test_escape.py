@@ -191,3 +191,11 @@ def test_host_device_nodes_cannot_be_changed(busybox_root):
         now = os.stat(f"/dev/{name}")
         assert (now.st_mode, now.st_uid, now.st_gid, now.st_mtime_ns) == \
             (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns), name
+
+
+def test_terminal_input_injection_is_refused(busybox_root, probe_dir):
+    """TIOCSTI would type into the user's shell after the jail: refused, other ioctls native."""
+    native = subprocess.run([str(probe_dir / "tiocsti")], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    r = umlrun("run", "-r", busybox_root, "-b", f"{probe_dir}:/probes:ro", "--", "/probes/tiocsti")
+    assert r.stdout.splitlines()[0] == "tiocsti -1 EPERM"
+    assert r.stdout.splitlines()[1] == native.stdout.splitlines()[1]  # ENOTTY: stdin is not a terminal here

@@ -1,5 +1,8 @@
 /* What every probe prints: one line per case, "NAME ok" or "NAME -1 ERRNO", so a
  * native run and a jailed run compare line by line. */
+#ifndef _GNU_SOURCE
+#error "define _GNU_SOURCE before any #include (strerrorname_np)"
+#endif
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>

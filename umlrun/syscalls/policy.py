@@ -51,7 +51,13 @@ removexattrat file_getattr file_setattr
 """
 
 
+TIOCSTI = 0x5412
+
+
 def register(table) -> None:
     table.native(NATIVE_CALLS, note="host kernel")
+    # Faking terminal input would let a guest type into the user's shell once the
+    # jail is over (the sandbox escape of CVE-2017-5226): refused in the filter.
+    table.refuse("ioctl", 1, TIOCSTI, errno.EPERM, "TIOCSTI refused")
     table.deny(DENIED_EPERM, errno.EPERM, note="host privilege or escape vector: refused")
     table.deny(DENIED_ENOSYS, errno.ENOSYS, note="not offered to guests")

@@ -57,6 +57,7 @@ class Syscall:
     errno: int = errno.ENOSYS          # for DENIED
     handler: Callable | None = None    # for EMULATED / PTRACE
     native_if_zero: int | None = None  # EMULATED, but the filter lets it run natively when this arg is 0
+    refuse: tuple = ()                 # NATIVE, but the filter answers (arg index, value, errno) itself
     note: str = ""
     signature: tuple = field(default=())
 
@@ -95,6 +96,12 @@ class SyscallTable:
     def native(self, names: str, note: str = "") -> None:
         for name in names.split():
             self._set(name, NATIVE, note=note)
+
+    def refuse(self, name: str, arg: int, value: int, err: int, why: str) -> None:
+        """A native call, except one argument value the filter answers with err."""
+        entry = self.by_name[name]
+        entry.refuse += ((arg, value, err),)
+        entry.note = f"{entry.note}; {why}"
 
     def deny(self, names: str, err: int, note: str) -> None:
         for name in names.split():
