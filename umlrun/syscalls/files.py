@@ -167,27 +167,28 @@ def writable(d) -> None:
     prepare_write(d)
 
 
+def place_of(k, host: bytes):
+    """(mount, in its upper layer?) of a host path, as /proc/PID/fd shows it. The
+    mount is None outside every mount (a descriptor the guest inherited from the
+    host, such as its stdout); outside overlays everything is "upper"."""
+    comps = k.mounts.guest_path_of(host)
+    mount = None if comps is None else k.mounts.containing(comps)
+    upper = mount is None or mount.overlay is None or host.startswith(mount.host.rstrip(b"/") + b"/")
+    return mount, upper
+
+
 def fd_mount(k, hostfd: int):
-    """The mount a host descriptor lives in, or None when it is outside every mount
-    (a descriptor the guest inherited from the host, such as its stdout)."""
-    comps = k.mounts.guest_path_of(host_path_of_fd(hostfd))
-    return None if comps is None else k.mounts.containing(comps)
-
-
-def fd_in_upper(mount, host: bytes) -> bool:
-    """Is a host path in the upper layer of its mount (always, outside overlays)?"""
-    return mount is None or mount.overlay is None or host.startswith(mount.host.rstrip(b"/") + b"/")
+    """The mount a host descriptor lives in, or None when it is outside every mount."""
+    return place_of(k, host_path_of_fd(hostfd))[0]
 
 
 def check_fd_writable(k, hostfd: int) -> None:
-    host = host_path_of_fd(hostfd)
-    comps = k.mounts.guest_path_of(host)
-    m = None if comps is None else k.mounts.containing(comps)
+    m, upper = place_of(k, host_path_of_fd(hostfd))
     if m is None:
         raise SysError(errno.EPERM)
     if m.readonly:
         raise SysError(errno.EROFS)
-    if not fd_in_upper(m, host):
+    if not upper:
         # A descriptor on the lower layer itself: changing it would change the
         # lower tree. (Copy-up through a descriptor is not offered yet.)
         raise SysError(errno.EROFS)
@@ -358,11 +359,6 @@ def stat_dentry(k, d) -> bytes:
     return data
 
 
-def overlay_alias(k, host: bytes):
-    """The guest path a stand-in file answers for (a merged listing, a symlink), or None."""
-    return k.mounts.aliases.get(host)
-
-
 def fd_dentry(k, c: Call, fd: int):
     """The object a guest descriptor holds, as a Dentry (for *at(fd, "", AT_EMPTY_PATH))."""
     if fd == AT_FDCWD:
@@ -381,14 +377,14 @@ def _stat_fd(k, c: Call, fd: int) -> bytes:
     # Through /proc/PID/fd/N without following: the descriptor's own object,
     # O_PATH descriptors (even of symlinks) included.
     link = guest_fd_link(c, fd)
-    alias = overlay_alias(k, os.readlink(link))
-    if alias is not None:  # a stand-in: answer for the object itself
+    host = os.readlink(link)
+    alias = k.mounts.aliases.get(host)
+    if alias is not None:  # a stand-in (merged listing, symlink): answer for the object itself
         with k.vfs.walk(b"/" + b"/".join(alias), follow=False, caller=c.proc) as d:
             return stat_dentry(k, d)
     hostfd = os.open(link, os.O_PATH | os.O_CLOEXEC)
     try:
-        mount = fd_mount(k, hostfd)
-        return raw_stat(k, hostfd, b"", AT_EMPTY_PATH, mount, fd_in_upper(mount, host_path_of_fd(hostfd)))
+        return raw_stat(k, hostfd, b"", AT_EMPTY_PATH, *place_of(k, host))
     finally:
         os.close(hostfd)
 
@@ -435,19 +431,20 @@ def sys_statx(k, c: Call):
     out = ffi.new("char[]", STATX_SIZE)
     sync = flags & AT_STATX_SYNC_TYPE
     path = c.path(1) if (c.args[1] or not flags & AT_EMPTY_PATH) else b""
-    ident = None
+    ident = link = None
     if not path and flags & AT_EMPTY_PATH and dirfd != AT_FDCWD:
-        alias = overlay_alias(k, os.readlink(guest_fd_link(c, dirfd)))
-        if alias is not None:
-            path, dirfd, flags = b"/" + b"/".join(alias), AT_FDCWD, flags | AT_SYMLINK_NOFOLLOW
-    if not path and flags & AT_EMPTY_PATH and dirfd != AT_FDCWD:
-        hostfd = os.open(guest_fd_link(c, dirfd), os.O_PATH | os.O_CLOEXEC)
+        link = guest_fd_link(c, dirfd)
+        host = os.readlink(link)
+        alias = k.mounts.aliases.get(host)
+        if alias is not None:  # a stand-in: the object itself, by its guest path
+            path, dirfd, flags, link = b"/" + b"/".join(alias), AT_FDCWD, flags | AT_SYMLINK_NOFOLLOW, None
+    if link is not None:
+        hostfd = os.open(link, os.O_PATH | os.O_CLOEXEC)
         try:
             r = lib.sysemu_statx(hostfd, b"", AT_EMPTY_PATH | sync, mask, out)
-            mount = fd_mount(k, hostfd)
-            upper = fd_in_upper(mount, host_path_of_fd(hostfd))
         finally:
             os.close(hostfd)
+        mount, upper = place_of(k, host)
     else:
         with lookup(k, c, dirfd, path or b".", follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
             r = lib.sysemu_statx(d.parent_fd, d.name, d.nofollow | sync, mask, out)
