@@ -164,7 +164,7 @@ class Kernel:
         try:
             result = entry.handler(self, call)
         except GUEST_ERRORS as e:
-            if DEBUG and e.errno not in (errno.ENOENT, errno.EAGAIN) or DEBUG == "all":
+            if (DEBUG and e.errno not in (errno.ENOENT, errno.EAGAIN)) or DEBUG == "all":
                 traceback.print_exc(file=sys.stderr)
             platform.respond(n.id, -e.errno)
             return

@@ -122,7 +122,9 @@ def sys_capset(k, c: Call):
     version = struct.unpack("<I", c.read(c.args[0], 4))[0]
     if version not in (_CAP_V1, _CAP_V2, _CAP_V3):
         raise SysError(errno.EINVAL)
-    return 0 if c.proc.cred.euid == 0 else -errno.EPERM
+    if c.proc.cred.euid != 0:
+        raise SysError(errno.EPERM)
+    return 0
 
 
 def register(t) -> None:

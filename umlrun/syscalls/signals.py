@@ -80,7 +80,9 @@ def sys_tkill(k, c: Call):
     if tid <= 0:
         raise SysError(errno.EINVAL)
     _check_sig(s32(c.args[1]))
-    return CONTINUE if _guest(k, tid) else -errno.ESRCH
+    if not _guest(k, tid):
+        raise SysError(errno.ESRCH)
+    return CONTINUE
 
 
 def pid_arg(i: int, negative: int = errno.ESRCH):
