@@ -240,7 +240,7 @@ class Jail:
                                  guest_host_uid=NOBODY if root else None,
                                  guest_host_gid=NOBODY if root else None)
         net_tap.apply(k.table, cfg.net)
-        self.procfs.k = k
+        self.procfs.k, k.procfs = k, self.procfs
         k.placeholder_dir = self._dir("placeholders", 0o755).decode()
         if cfg.setup is not None:
             cfg.setup(k)

@@ -34,7 +34,7 @@ from sysemu.platform import (
     Platform,
 )
 from umlrun.process import Cred, Process, ProcessTable
-from umlrun.syscalls.table import PTRACE, build_table
+from umlrun.syscalls.table import EMULATED, PTRACE, build_table
 
 CONTINUE = object()  # handler result: let the kernel run the call as made
 DEFERRED = object()  # handler result: a worker thread answers later
@@ -59,6 +59,7 @@ class InstallFd:
 
 GUEST_ERRORS = (SysError, WalkError, GuestFault)
 DEBUG = os.environ.get("UMLRUN_DEBUG")  # print host errors met inside handlers
+_ERESTARTSYS, _ERESTARTNOINTR = 2**64 - 512, 2**64 - 513  # kernel-internal, as seen in rax
 _GROUP_STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 
 
@@ -93,6 +94,7 @@ class Kernel:
         self.trap_all = trap_all
         self.trace = trace                      # callable(proc, nr, args) or None
         self.platform: Platform | None = None
+        self.procfs = None                      # the guest's /proc (hostfs.procfs.ProcFS)
         # Host ids that mean "the guest" on files: shown as the guest's root.
         self.own_uids = {os.geteuid()} | ({guest_host_uid} if guest_host_uid is not None else set())
         self.own_gids = {os.getegid()} | ({guest_host_gid} if guest_host_gid is not None else set())
@@ -225,7 +227,27 @@ class Kernel:
         elif sig == signal.SIGTRAP | 0x80:
             self.on_syscall_stop(pid, proc)
         else:  # a signal on its way to the guest: deliver it
-            self.resume(pid, proc, sig)
+            self.on_signal_stop(pid, proc, sig)
+
+    def on_signal_stop(self, pid: int, proc: Process | None, sig: int) -> None:
+        """A signal is about to be delivered: let it through.
+
+        A signal that arrives while an emulated call waits for the supervisor to
+        pick it up withdraws the notification and leaves -ERESTARTSYS, which a
+        handler without SA_RESTART turns into EINTR: kill() or getuid() would then
+        fail with EINTR, which Linux never does. The supervisor never saw the call,
+        so it is as if the signal came just before it: ask for an unconditional
+        restart after the handler (-ERESTARTNOINTR)."""
+        try:
+            regs = self.platform.getregs(pid)
+        except GuestFault:
+            regs = None
+        if regs is not None and regs.rax == _ERESTARTSYS:
+            entry = self.table.by_nr.get(regs.orig_rax)
+            if entry is not None and entry.disposition == EMULATED:
+                regs.rax = _ERESTARTNOINTR
+                self.platform.setregs(pid, regs)
+        self.resume(pid, proc, sig)
 
     def on_event_stop(self, pid: int, proc: Process | None, sig: int) -> None:
         if proc is None:  # a new child, before its parent's fork event: hold it

@@ -12,12 +12,15 @@ from __future__ import annotations
 import errno
 import os
 
+from sysemu._sysemu import ffi, lib
 from umlrun.kernel import CONTINUE, Call, SysError
 from umlrun.syscalls.files import s32
 
 PRIO_PROCESS, PRIO_PGRP = 0, 1
 IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP = 1, 2
 MAX_SIG = 64
+SIGINFO_SIZE = 128
+NR_PIDFD_SEND_SIGNAL = 424
 
 
 def _guest(k, pid: int) -> bool:
@@ -107,6 +110,32 @@ def who_arg(process: int, pgrp: int):
     return handler
 
 
+def sys_pidfd_send_signal(k, c: Call):
+    """A real pidfd only ever names a guest process (pidfd_open is checked), so
+    it runs as made. An fd of a /proc/PID directory is also a pidfd on Linux;
+    the guest's /proc is ours, so that signal is sent on the guest's behalf."""
+    fd, sig, info, flags = s32(c.args[0]), s32(c.args[1]), c.args[2], c.args[3]
+    hostfd = k.guest_fd(c, fd)
+    try:
+        link = os.readlink(b"/proc/self/fd/%d" % hostfd)
+    finally:
+        os.close(hostfd)
+    if link == b"anon_inode:[pidfd]":
+        return CONTINUE
+    procdir, _, name = link.rpartition(b"/")
+    if procdir != k.procfs.dir or not name.isdigit():
+        raise SysError(errno.EBADF)
+    proc = k.procs.get(int(name))
+    if proc is None:  # the process has gone
+        raise SysError(errno.ESRCH)
+    _check_sig(sig)
+    buf = ffi.new("char[]", c.read(info, SIGINFO_SIZE)) if info else ffi.NULL
+    r = lib.sysemu_syscall6(NR_PIDFD_SEND_SIGNAL, proc.get_pidfd(), sig, int(ffi.cast("long", buf)), flags, 0, 0)
+    if r < 0:
+        raise SysError(-r)
+    return 0
+
+
 def sys_setpgid(k, c: Call):
     pid, pgid = s32(c.args[0]), s32(c.args[1])
     if pgid < 0:
@@ -131,7 +160,7 @@ def register(t) -> None:
     t.emulate("rt_sigqueueinfo", pid_arg(0), note="guest pids only")
     t.emulate("rt_tgsigqueueinfo", pid_arg(0), note="guest pids only")
     t.emulate("pidfd_open", pid_arg(0, errno.EINVAL), note="guest pids only")
-    t.emulate("pidfd_send_signal", lambda k, c: CONTINUE, note="pidfds only ever name guest processes")
+    t.emulate("pidfd_send_signal", sys_pidfd_send_signal, note="pidfds name guest processes; /proc/PID fds too")
     t.emulate("setpgid", sys_setpgid, note="guest process groups only")
     t.emulate("kcmp", sys_kcmp, note="guest pids only")
     sign_checked = ("sched_setscheduler", "sched_getscheduler", "sched_setparam", "sched_getparam",
