@@ -199,3 +199,27 @@ def test_terminal_input_injection_is_refused(busybox_root, probe_dir):
     r = umlrun("run", "-r", busybox_root, "-b", f"{probe_dir}:/probes:ro", "--", "/probes/tiocsti")
     assert r.stdout.splitlines()[0] == "tiocsti -1 EPERM"
     assert r.stdout.splitlines()[1] == native.stdout.splitlines()[1]  # ENOTTY: stdin is not a terminal here
+
+
+def test_inherited_file_cannot_be_changed_through_proc_fd(busybox_root, tmp_path):
+    """A host file the user hands the guest as read-only stdin stays read-only:
+    reopening /proc/self/fd/0 for writing, chmod or chown through it are refused,
+    even though the supervisor could do them (as real root it could do anything)."""
+    victim = tmp_path / "victim"
+    victim.write_text("host data\n")
+    os.chmod(victim, 0o644)
+    before = os.stat(victim)
+    with open(victim) as stdin:
+        r = umlrun("run", "-r", busybox_root, "--", "sh", "-c",
+                   "chmod 777 /proc/self/fd/0; chown 5:5 /dev/stdin; echo x >> /proc/self/fd/0; "
+                   "echo x > /dev/stdin; truncate -s 0 /dev/stdin; cat /dev/stdin", stdin=stdin)
+    assert r.stdout == "host data\n", r.stderr
+    assert r.stderr.count("Operation not permitted") == 2 and r.stderr.count("Permission denied") == 3, r.stderr
+    now = os.stat(victim)
+    assert victim.read_text() == "host data\n"
+    assert (now.st_mode, now.st_uid, now.st_gid, now.st_mtime_ns) == \
+        (before.st_mode, before.st_uid, before.st_gid, before.st_mtime_ns)
+    with open(victim, "a") as stdout:  # a descriptor open for writing may be reopened for writing
+        r = subprocess.run([sys.executable, "-m", "umlrun", "run", "-r", busybox_root, "--", "sh", "-c",
+                            "echo appended >> /dev/stdout"], stdout=stdout, cwd=REPO, timeout=60)
+    assert r.returncode == 0 and victim.read_text() == "host data\nappended\n"

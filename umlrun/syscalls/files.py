@@ -11,7 +11,7 @@ import errno
 import os
 import stat
 
-from hostfs.pathwalk import prepare_create, prepare_write
+from hostfs.pathwalk import MAGIC_MOUNT, prepare_create, prepare_write
 from sysemu._sysemu import ffi, lib
 from umlrun.kernel import Call, InstallFd, SysError
 
@@ -149,9 +149,30 @@ def lookup(k, call: Call, dirfd: int, path: bytes, *, follow: bool = True, must_
 
 
 def check_writable(d) -> None:
-    """EROFS for a change to an object (its data or metadata) on a read-only mount."""
+    """EROFS for a change to an object (its data or metadata) on a read-only mount;
+    EPERM for an object outside every guest mount (reached through a /proc magic
+    link to a descriptor the guest inherited): the guest does not own it, and the
+    supervisor must not change it on the guest's behalf."""
+    if d.mount is MAGIC_MOUNT:
+        raise SysError(errno.EPERM)
     if d.mount.readonly:
         raise SysError(errno.EROFS)
+
+
+def check_reopen(d, acc: int) -> None:
+    """Reopening, through /proc/PID/fd/N, an object outside every guest mount:
+    never with more access than descriptor N has (a file the user let the guest
+    read must not become writable because the supervisor opens it)."""
+    if acc == os.O_RDONLY or d.st is None or not stat.S_ISREG(d.st.st_mode):
+        return  # pipes, sockets and terminals are the guest's own channels
+    try:
+        with open(os.open(b"../fdinfo/" + d.name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=d.parent_fd), "rb") as f:
+            info = f.read()
+    except OSError:
+        raise SysError(errno.EACCES) from None
+    flags = next((int(line.split()[1], 8) for line in info.splitlines() if line.startswith(b"flags:")), 0)
+    if flags & os.O_ACCMODE == os.O_RDONLY:
+        raise SysError(errno.EACCES)
 
 
 def check_data_writable(d) -> None:
@@ -233,6 +254,8 @@ def do_open(k, call: Call, dirfd: int, path: bytes, flags: int, mode: int, resol
             if (creat and st is None) or tmpfile or acc != os.O_RDONLY or flags & os.O_TRUNC:
                 check_data_writable(d)
         writes = acc != os.O_RDONLY or flags & os.O_TRUNC
+        if d.mount is MAGIC_MOUNT and st is not None:
+            check_reopen(d, os.O_RDWR if writes else os.O_RDONLY)
         if creat and st is None or tmpfile:
             mode = mode & 0o7777 & ~call.proc.umask()
             check_dir_writable(k, call, d)
