@@ -193,6 +193,11 @@ class PathWalk:
             fs = here.fs
             if fs is not None:
                 fs.refresh(tuple(comps[len(here.guest):]), c, caller, last)
+                held = fs.held_object(tuple(comps[len(here.guest):]), c)
+                if held is not None:  # an object the filesystem holds open (devpts)
+                    if not last:
+                        raise WalkError(errno.ENOTDIR)
+                    return self._magic_dentry(held, child, owned)
             try:
                 if here.overlay is not None:
                     st, where = here.overlay.lookup(h, c)

@@ -57,6 +57,9 @@ class ProcFS:
         elif rel == (b"sys",) or rel[:1] == (b"sys",):
             self._build_sys()
 
+    def held_object(self, rel: tuple, name: bytes):
+        return None  # every entry is a real file or link in the host directory
+
     def magic(self, rel: tuple, name: bytes):
         """(host directory, name) behind a magic link, or None for a plain one."""
         if len(rel) == 2 and rel[0].isdigit() and rel[1] == b"fd" and name.isdigit():

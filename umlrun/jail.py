@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import net_tap
+from hostfs.devpts import DevPts
 from hostfs.mount import MountError, MountTable, split
 from hostfs.overlay import OverlayFS
 from hostfs.ownership import StoreError
@@ -24,7 +25,7 @@ from hostfs.pathwalk import PathWalk, WalkError
 from hostfs.procfs import ProcFS
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty", "ptmx")
 NOBODY = 65534
 
 
@@ -159,7 +160,7 @@ class Jail:
         for name, target in ((b"fd", b"/proc/self/fd"), (b"stdin", b"/proc/self/fd/0"),
                              (b"stdout", b"/proc/self/fd/1"), (b"stderr", b"/proc/self/fd/2")):
             os.symlink(target, os.path.join(dev, name))
-        os.mkdir(os.path.join(dev, b"pts"))
+        os.mkdir(os.path.join(dev, b"pts"))  # so /dev lists it
         self.mounts.add(b"/dev", dev, kind="devfs")
         self.mounts.add(b"/dev/shm", self._dir("shm", 0o1777), kind="tmpfs")
         for name in DEVICES:
@@ -167,16 +168,20 @@ class Jail:
                 # Read-only: the guest may read and write the device, never change the
                 # host's node itself (chmod, chown, times, xattrs).
                 self.mounts.add(b"/dev/" + name.encode(), b"/dev/" + name.encode(), readonly=True, kind="devfs")
-        # The user's own terminal, at its own name (ttyname() checks it there);
-        # never the rest of the host's /dev/pts.
+        # /dev/pts: the ptys the guest makes through /dev/ptmx, and the user's own
+        # terminal at its own name (ttyname() checks it there); never the rest of
+        # the host's. Read-only: the nodes are the host's.
+        self.devpts = DevPts(self._dir("pts", 0o755), self.mounts.aliases)
+        self.mounts.add(b"/dev/pts", self.devpts.dir, readonly=True, kind="devpts", fs=self.devpts)
+        if os.path.exists("/dev/pts/ptmx"):
+            self.devpts.adopt(b"ptmx")
         for fd in (0, 1, 2):
             try:
                 tty = os.ttyname(fd).encode()
             except OSError:
                 continue
-            if tty.startswith(b"/dev/pts/") and self.mounts.at(split(tty)) is None:
-                open(os.path.join(dev, b"pts", os.path.basename(tty)), "wb").close()
-                self.mounts.add(tty, tty, readonly=True, kind="devpts")
+            if tty.startswith(b"/dev/pts/"):
+                self.devpts.adopt(os.path.basename(tty))
 
     # ---- the command -------------------------------------------------------------
 
@@ -240,7 +245,7 @@ class Jail:
                                  guest_host_uid=NOBODY if root else None,
                                  guest_host_gid=NOBODY if root else None)
         net_tap.apply(k.table, cfg.net)
-        self.procfs.k, k.procfs = k, self.procfs
+        self.procfs.k, k.procfs, k.devpts = k, self.procfs, self.devpts
         k.placeholder_dir = self._dir("placeholders", 0o755).decode()
         if cfg.setup is not None:
             cfg.setup(k)

@@ -95,6 +95,7 @@ class Kernel:
         self.trace = trace                      # callable(proc, nr, args) or None
         self.platform: Platform | None = None
         self.procfs = None                      # the guest's /proc (hostfs.procfs.ProcFS)
+        self.devpts = None                      # the guest's /dev/pts (hostfs.devpts.DevPts)
         # Host ids that mean "the guest" on files: shown as the guest's root.
         self.own_uids = {os.geteuid()} | ({guest_host_uid} if guest_host_uid is not None else set())
         self.own_gids = {os.getegid()} | ({guest_host_gid} if guest_host_gid is not None else set())
