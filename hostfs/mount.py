@@ -112,6 +112,8 @@ class MountTable:
         alias = self.aliases.get(host)
         if alias is not None:
             return alias
+        if not host.startswith(b"/"):  # pipe:[N], socket:[N], anon_inode:...
+            return None
         best, best_root = None, b""
         for m in self.by_point.values():
             roots = [m.host]

@@ -50,6 +50,7 @@ class OverlayFS:
         self.merged_dir = merged_dir            # where merged listings are kept
         self.aliases = aliases                  # the mount table's: placeholder host path -> guest path
         self.guest = guest                      # where the overlay is mounted
+        self.copied_up: set[tuple[int, int]] = set()  # (st_dev, st_ino) of lower objects copied up
 
     # ---- the walk's side ---------------------------------------------------------
 
@@ -153,6 +154,7 @@ class OverlayFS:
             else:  # fifos and sockets
                 os.mknod(tmp, st.st_mode, dir_fd=upper)
             os.rename(tmp, name, src_dir_fd=upper, dst_dir_fd=upper)
+            self.copied_up.add((st.st_dev, st.st_ino))
         except BaseException:
             for remove in (os.unlink, os.rmdir):
                 try:

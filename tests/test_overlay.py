@@ -110,3 +110,29 @@ def test_overlay_option_errors(busybox_root, tmp_path):
     assert inside.returncode != 0 and "inside the rootfs" in inside.stderr
     both = umlrun("run", "-r", lower, "--rw", "--overlay", tmp_path / "u", "--", "true")
     assert both.returncode == 2 and "exclude each other" in both.stderr
+
+
+def test_changes_through_a_read_only_descriptor_copy_up(busybox_root, probe_dir, tmp_path):
+    """fchmod/fchown/futimens/fsetxattr on a descriptor of a lower-layer file copy
+    it up, and the descriptor shows the change, as with Linux's overlayfs
+    (the same probe runs natively on a real overlay mount)."""
+    import pytest
+    if os.geteuid() != 0:
+        pytest.skip("the native side mounts a real overlayfs, which needs root")
+    lower = private_tree(busybox_root, tmp_path)
+    before = tree_digest(lower)
+    shutil.copy(probe_dir / "fdattr", lower / "fdattr")
+    for d in ("upper", "work", "merged"):
+        (tmp_path / d).mkdir()
+    native = subprocess.run(["unshare", "-m", "sh", "-c",
+                             f"mount -t overlay overlay -o lowerdir={lower},upperdir={tmp_path}/upper,"
+                             f"workdir={tmp_path}/work {tmp_path}/merged && "
+                             f"{tmp_path}/merged/fdattr {tmp_path}/merged/etc/passwd"],
+                            capture_output=True, text=True, timeout=60)
+    assert native.returncode == 0, native.stderr
+    assert "fstat mode 604 owner 12:34 mtime 1000000000" in native.stdout
+    os.unlink(lower / "fdattr")
+    before = tree_digest(lower)
+    r = umlrun("run", "-r", lower, "-b", f"{probe_dir}:/probes:ro", "--", "/probes/fdattr", "/etc/passwd")
+    assert r.stdout == native.stdout, r.stderr
+    assert tree_digest(lower) == before

@@ -18,9 +18,9 @@ from umlrun.syscalls.files import (
     AT_EMPTY_PATH,
     AT_FDCWD,
     AT_SYMLINK_NOFOLLOW,
-    check_fd_writable,
     fd_dentry,
     fd_mount,
+    fd_to_change,
     lookup,
     owner,
     s32,
@@ -75,9 +75,8 @@ def sys_fchmodat2(k, c):
 
 
 def sys_fchmod(k, c):
-    hostfd = k.guest_fd(c, s32(c.args[0]))
+    hostfd = fd_to_change(k, c, s32(c.args[0]))
     try:
-        check_fd_writable(k, hostfd)
         os.fchmod(hostfd, s32(c.args[1]) & 0o7777)
     finally:
         os.close(hostfd)
@@ -124,10 +123,12 @@ def sys_fchownat(k, c):
 def sys_fchown(k, c):
     if c.proc.cred.euid != 0:
         raise SysError(errno.EPERM)
-    hostfd = k.guest_fd(c, s32(c.args[0]))
+    hostfd = fd_to_change(k, c, s32(c.args[0]))
     try:
-        check_fd_writable(k, hostfd)
-        _chown(k, c, fd_mount(k, hostfd), os.fstat(hostfd), c.args[1] & UNSET, c.args[2] & UNSET,
+        mount = fd_mount(k, hostfd)
+        if mount is None:  # a pipe or a socket: no ownership store holds it
+            raise SysError(errno.EPERM)
+        _chown(k, c, mount, os.fstat(hostfd), c.args[1] & UNSET, c.args[2] & UNSET,
                lambda mode: os.fchmod(hostfd, mode))
     finally:
         os.close(hostfd)
@@ -166,9 +167,8 @@ def do_utimens(k, c: Call, dirfd: int, path: bytes | None, times: bytes | None, 
             return 0
     tbuf = times if times is not None else 0
     if path is None:  # futimens: the descriptor itself
-        hostfd = k.guest_fd(c, dirfd)
+        hostfd = fd_to_change(k, c, dirfd)
         try:
-            check_fd_writable(k, hostfd)
             _host_call(280, hostfd, 0, tbuf, 0)
         finally:
             os.close(hostfd)
@@ -279,9 +279,8 @@ def sys_fsetxattr(k, c):
     if size > XATTR_SIZE_MAX:
         raise SysError(errno.E2BIG)
     value = c.read(c.args[2], size)
-    hostfd = k.guest_fd(c, s32(c.args[0]))
+    hostfd = fd_to_change(k, c, s32(c.args[0]))
     try:
-        check_fd_writable(k, hostfd)
         os.setxattr(hostfd, name, value, flags)
     finally:
         os.close(hostfd)
@@ -290,9 +289,8 @@ def sys_fsetxattr(k, c):
 
 def sys_fremovexattr(k, c):
     name = _xattr_name(c, 1)
-    hostfd = k.guest_fd(c, s32(c.args[0]))
+    hostfd = fd_to_change(k, c, s32(c.args[0]))
     try:
-        check_fd_writable(k, hostfd)
         os.removexattr(hostfd, name)
     finally:
         os.close(hostfd)

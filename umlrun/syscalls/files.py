@@ -204,16 +204,38 @@ def fd_mount(k, hostfd: int):
     return place_of(k, host_path_of_fd(hostfd))[0]
 
 
-def check_fd_writable(k, hostfd: int) -> None:
-    m, upper = place_of(k, host_path_of_fd(hostfd))
-    if m is None:
-        raise SysError(errno.EPERM)
-    if m.readonly:
-        raise SysError(errno.EROFS)
-    if not upper:
-        # A descriptor on the lower layer itself: changing it would change the
-        # lower tree. (Copy-up through a descriptor is not offered yet.)
-        raise SysError(errno.EROFS)
+def fd_to_change(k, c: Call, fd: int) -> int:
+    """A host descriptor through which fchmod/fchown/futimens/fsetxattr may change
+    the object guest descriptor `fd` holds (the caller closes it).
+
+    EROFS on a read-only mount; EPERM for a file outside every guest mount (one
+    the guest inherited). A descriptor on an overlay's lower layer is the lower
+    file itself: the object is copied up first, as Linux's overlayfs does, and
+    the change goes to the upper copy (the descriptor keeps reading the lower
+    one, as on Linux). Pipes and sockets are the guest's own: changed in place."""
+    hostfd = k.guest_fd(c, fd)
+    try:
+        host = host_path_of_fd(hostfd)
+        if host.startswith((b"pipe:", b"socket:")):
+            return hostfd
+        m, upper = place_of(k, host)
+        if m is None:
+            raise SysError(errno.EPERM)
+        if m.readonly:
+            raise SysError(errno.EROFS)
+        if upper:
+            return hostfd
+        with fd_dentry(k, c, fd) as d:
+            writable(d)  # copy-up
+            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+            os.close(hostfd)
+            return os.open(d.name, flags, dir_fd=d.parent_fd)
+    except BaseException:
+        try:
+            os.close(hostfd)
+        except OSError:
+            pass
+        raise
 
 
 def give_to_guest(k, call: Call, d, kind: int = 0, rdev: int = 0) -> None:
@@ -396,6 +418,21 @@ def fd_dentry(k, c: Call, fd: int):
     return k.vfs.walk(b"/" + b"/".join(comps), follow=False, caller=c.proc)
 
 
+def stand_in_for(k, host: bytes):
+    """The guest path of the object a descriptor's host file stands for, when
+    stat must look there instead: a stand-in (a merged listing, a symlink's
+    placeholder), or a lower-layer file copied up since it was opened (on Linux
+    the descriptor then shows the copy's attributes). None: stat the file."""
+    alias = k.mounts.aliases.get(host)
+    if alias is not None:
+        return alias
+    m, upper = place_of(k, host)
+    if upper or not m.overlay.copied_up:
+        return None
+    st = os.lstat(host)
+    return k.mounts.guest_path_of(host) if (st.st_dev, st.st_ino) in m.overlay.copied_up else None
+
+
 def _stat_fd(k, c: Call, fd: int) -> bytes:
     if fd == AT_FDCWD:
         with lookup(k, c, AT_FDCWD, b".") as d:
@@ -404,8 +441,8 @@ def _stat_fd(k, c: Call, fd: int) -> bytes:
     # O_PATH descriptors (even of symlinks) included.
     link = guest_fd_link(c, fd)
     host = os.readlink(link)
-    alias = k.mounts.aliases.get(host)
-    if alias is not None:  # a stand-in (merged listing, symlink): answer for the object itself
+    alias = stand_in_for(k, host)
+    if alias is not None:  # answer for the object itself, by its guest path
         with k.vfs.walk(b"/" + b"/".join(alias), follow=False, caller=c.proc) as d:
             return stat_dentry(k, d)
     hostfd = os.open(link, os.O_PATH | os.O_CLOEXEC)
@@ -461,8 +498,8 @@ def sys_statx(k, c: Call):
     if not path and flags & AT_EMPTY_PATH and dirfd != AT_FDCWD:
         link = guest_fd_link(c, dirfd)
         host = os.readlink(link)
-        alias = k.mounts.aliases.get(host)
-        if alias is not None:  # a stand-in: the object itself, by its guest path
+        alias = stand_in_for(k, host)
+        if alias is not None:  # answer for the object itself, by its guest path
             path, dirfd, flags, link = b"/" + b"/".join(alias), AT_FDCWD, flags | AT_SYMLINK_NOFOLLOW, None
     if link is not None:
         hostfd = os.open(link, os.O_PATH | os.O_CLOEXEC)
