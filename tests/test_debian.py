@@ -108,7 +108,7 @@ def test_cpython_modules_pass_as_natively(debian_dev_root):
     assert install.returncode == 0, install.stderr[-2000:]
     t = str(debian_dev_root)
     native = subprocess.run(["unshare", "-m", "sh", "-c",
-                             f"mount -t proc proc {t}/proc && mount --bind /dev {t}/dev && "
+                             f"mount -t proc proc {t}/proc && mount --rbind /dev {t}/dev && "
                              f"mount -t tmpfs tmpfs {t}/tmp && chroot {t} python3 -m test -j2 "
                              + " ".join(CPYTHON_MODULES)], capture_output=True, text=True, timeout=1800)
     jailed = umlrun("run", "--net", "host", "-r", debian_dev_root, "--", "python3", "-m", "test", "-j2",
