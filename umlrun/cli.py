@@ -5,7 +5,27 @@ import argparse
 import sys
 
 RUN_USAGE = ("umlrun run [-r ROOTFS] [-b HOST[:GUEST[:ro]]]... [-w CWD] [-e K=V]... [--hostname H] "
-             "[--net none|host] [--rw | --overlay DIR] [--trace-all] [--trace FILE] -- CMD [ARGS]")
+             "[--net none|host] [--rw | --overlay DIR] [--timeout S] [--max-pids N] [--memory BYTES] "
+             "[--cpu-seconds S] [--trace-all] [--trace FILE] -- CMD [ARGS]")
+
+
+def _positive(kind, what: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{what} must be a positive number, not '{text}'")
+        return value
+    return parse
+
+
+def _bytes(text: str) -> int:
+    """1048576, 512K, 64M, 2G (powers of 1024)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    scale = units.get(text[-1:].upper(), 1)
+    return _positive(int, "--memory")(text[:-1] if scale > 1 else text) * scale
 
 
 class Parser(argparse.ArgumentParser):
@@ -33,6 +53,14 @@ def build_parser() -> Parser:
     r.add_argument("--rw", action="store_true", help="let the guest write into the rootfs itself")
     r.add_argument("--overlay", metavar="DIR",
                    help="keep the guest's changes in DIR across runs (default: a throwaway overlay)")
+    r.add_argument("--timeout", type=_positive(float, "--timeout"), metavar="SECONDS",
+                   help="kill the jail after this long (exit status 124)")
+    r.add_argument("--max-pids", type=_positive(int, "--max-pids"), metavar="N",
+                   help="at most N guest tasks (threads count); more forks get EAGAIN")
+    r.add_argument("--memory", type=_bytes, metavar="BYTES",
+                   help="kill the jail when its resident memory passes BYTES (suffixes K, M, G)")
+    r.add_argument("--cpu-seconds", type=_positive(float, "--cpu-seconds"), metavar="SECONDS",
+                   help="kill the jail when its processes have used this much CPU time")
     r.add_argument("--trace-all", action="store_true",
                    help="trap every syscall with PTRACE_SYSEMU (UML's classic mode; slow, for teaching)")
     r.add_argument("--trace", metavar="FILE", help="write one line per trapped syscall to FILE (- for stderr)")
@@ -47,6 +75,7 @@ def build_parser() -> Parser:
 
 def cmd_run(args) -> int:
     from umlrun.jail import Bind, JailConfig, JailError, run_jail
+    from umlrun.limits import Limits
 
     argv = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if args.rw and args.overlay:
@@ -73,8 +102,9 @@ def cmd_run(args) -> int:
                     env[name] = os.environ[name]
         cfg = JailConfig(argv=argv, rootfs=rootfs, binds=[Bind.parse(b) for b in args.bind], cwd=args.cwd,
                          env=env, hostname=args.hostname, net=args.net, rw=args.rw, overlay=args.overlay,
-                         trap_all=args.trace_all,
-                         trace_file=args.trace)
+                         trap_all=args.trace_all, trace_file=args.trace,
+                         limits=Limits(timeout=args.timeout, max_pids=args.max_pids, memory=args.memory,
+                                       cpu_seconds=args.cpu_seconds))
         return run_jail(cfg)
     except JailError as e:
         sys.stderr.write(f"umlrun: {e}\n")

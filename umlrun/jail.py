@@ -23,6 +23,8 @@ from hostfs.overlay import OverlayFS
 from hostfs.ownership import StoreError
 from hostfs.pathwalk import PathWalk, WalkError
 from hostfs.procfs import ProcFS
+from umlrun import limits as jail_limits
+from umlrun.limits import Limits
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty", "ptmx")
@@ -69,6 +71,7 @@ class JailConfig:
     trap_all: bool = False
     trace_file: str | None = None
     setup: Callable | None = None        # called with the Kernel before the guest starts
+    limits: Limits = field(default_factory=Limits)
 
 
 class Jail:
@@ -245,6 +248,7 @@ class Jail:
                                  guest_host_uid=NOBODY if root else None,
                                  guest_host_gid=NOBODY if root else None)
         net_tap.apply(k.table, cfg.net)
+        jail_limits.apply(k.table, cfg.limits)
         self.procfs.k, k.procfs, k.devpts = k, self.procfs, self.devpts
         k.placeholder_dir = self._dir("placeholders", 0o755).decode()
         if cfg.setup is not None:
@@ -266,9 +270,17 @@ class Jail:
         for sig in forward:
             signal.signal(sig, lambda s, _f: _killpg(init, s))
         signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        watchdog = jail_limits.Watchdog(k, cfg.limits)
+        watchdog.start()
         try:
-            return k.run()
+            status = k.run()
+            watchdog.stop()
+            if watchdog.exceeded:
+                sys.stderr.write(f"umlrun: the jail {watchdog.exceeded}; its processes were killed\n")
+                return watchdog.exit_code
+            return status
         finally:
+            watchdog.stop()
             self.mounts.save_stores()
             if tty is not None:
                 try:

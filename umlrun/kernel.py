@@ -150,9 +150,15 @@ class Kernel:
                 pass
         while True:
             try:
-                pid, _ = os.waitpid(-1, WALL)
+                pid, status = os.waitpid(-1, WALL)
             except ChildProcessError:
                 break
+            if os.WIFSTOPPED(status):  # a task born during the teardown (a fork in flight) goes too
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                continue
             self.procs.remove(pid)
 
     # ---- seccomp notifications ---------------------------------------------------------
@@ -267,6 +273,7 @@ class Kernel:
     def on_fork(self, pid: int, proc: Process | None, event: int) -> None:
         child_tid = self.platform.eventmsg(pid)
         if proc is not None:
+            proc.fork_pending = False
             flags = 0
             if event == EVENT_CLONE:
                 regs = self.platform.getregs(pid)

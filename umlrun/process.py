@@ -51,6 +51,7 @@ class Process:
     exec_pending: object = None    # an execve prepared at its first stop (umlrun/syscalls/exec.py)
     pidfd: int = -1
     reexec: bool = False           # trap-all mode: re-running a syscall natively
+    fork_pending: bool = False     # a fork let through (--max-pids) whose child is not seen yet
     extra: dict = field(default_factory=dict)
 
     def get_pidfd(self) -> int:
