@@ -203,6 +203,8 @@ class ProcFS:
             return maps
         if name in (b"mounts", b"mountinfo"):
             return lambda data: self._mounts(name == b"mountinfo")
+        if name == b"cmdline" and proc.extra.get("exe"):
+            return guest_cmdline
         return None
 
     def _guest_path_text(self, host: bytes) -> bytes:
@@ -254,3 +256,12 @@ class ProcFS:
         except OSError:
             pass
         os.symlink(target, path)
+
+
+def guest_cmdline(data: bytes) -> bytes:
+    """The command line of a program run by its ELF loader, as the guest ran it:
+    the kernel's is `ld.so --argv0 ARGV0 PROGRAM ARGS...`, the guest's `ARGV0 ARGS...`."""
+    args = data.split(b"\0")
+    if len(args) >= 4 and args[1] == b"--argv0":
+        return b"\0".join([args[2]] + args[4:])
+    return data

@@ -10,9 +10,13 @@ HELLO = r"""
 #include <stdio.h>
 #include <unistd.h>
 int main(int argc, char **argv) {
-    char exe[256] = {0};
+    char exe[256] = {0}, cmd[256] = {0};
     readlink("/proc/self/exe", exe, sizeof exe - 1);
-    printf("hello argv0=%s argc=%d exe=%s\n", argv[0], argc, exe);
+    FILE *f = fopen("/proc/self/cmdline", "r");
+    size_t n = f ? fread(cmd, 1, sizeof cmd - 1, f) : 0;
+    for (size_t i = 0; i + 1 < n; i++)
+        if (!cmd[i]) cmd[i] = ' ';
+    printf("hello argv0=%s argc=%d exe=%s cmdline=%s\n", argv[0], argc, exe, cmd);
     return 0;
 }
 """
@@ -48,7 +52,7 @@ def test_dynamic_program_uses_the_guest_loader(loader_tree):
         subprocess.run([str(loader_tree / "bin/hello")], capture_output=True)
     r = umlrun("run", "-r", loader_tree, "--", "/bin/hello", "a", "b")
     assert r.returncode == 0, r.stderr
-    assert r.stdout == "hello argv0=/bin/hello argc=3 exe=/bin/hello\n"
+    assert r.stdout == "hello argv0=/bin/hello argc=3 exe=/bin/hello cmdline=/bin/hello a b\n"
 
 
 def test_missing_loader_is_enoent(loader_tree):
@@ -62,11 +66,12 @@ def test_shebang_to_a_dynamic_interpreter(loader_tree):
     script.write_text("#!/bin/hello -x\n")
     script.chmod(0o755)
     r = umlrun("run", "-r", loader_tree, "--", "/bin/script", "arg")
-    assert r.stdout == "hello argv0=/bin/hello argc=4 exe=/bin/hello\n", r.stderr
+    assert r.stdout == "hello argv0=/bin/hello argc=4 exe=/bin/hello cmdline=/bin/hello -x /bin/script arg\n", \
+        r.stderr
 
 
 def test_dynamic_program_inside_a_chroot(loader_tree):
     """The loader gets the program's path as the chrooted process names it. (No /proc
     is mounted inside that tree, so /proc/self/exe is unreadable, as on Linux.)"""
     r = umlrun("run", "-b", f"{loader_tree}:/mnt/tree", "--", "chroot", "/mnt/tree", "/bin/hello")
-    assert r.stdout == "hello argv0=/bin/hello argc=1 exe=\n", r.stderr
+    assert r.stdout == "hello argv0=/bin/hello argc=1 exe= cmdline=\n", r.stderr

@@ -53,3 +53,27 @@ def test_cpu_limit_kills_the_jail(busybox_root):
 def test_bad_limits_are_one_line(busybox_root, args):
     r = umlrun("run", "-r", busybox_root, *args, "--", "true")
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "must be a positive number" in r.stderr
+
+
+def test_umlrun_ps_lists_the_guest_processes(busybox_root):
+    """umlrun ps asks each running jail through its control socket."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    p = subprocess.Popen([sys.executable, "-m", "umlrun", "run", "-r", busybox_root, "--", "sh", "-c",
+                          "sleep 30 & echo started; wait"], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert p.stdout.readline() == "started\n"
+        r = umlrun("ps", p.pid)
+        rows = [line.split(None, 4) for line in r.stdout.splitlines()[1:]]
+        assert [(int(row[0]), row[4]) for row in rows] == [(p.pid, "sh -c sleep 30 & echo started; wait"),
+                                                           (p.pid, "sleep 30")], r.stdout
+        assert all(row[3] == "S" for row in rows)
+        assert str(p.pid) in umlrun("ps").stdout
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
+    assert str(p.pid) not in umlrun("ps").stdout
+    r = umlrun("ps", p.pid)
+    assert r.returncode == 1 and "no running jail" in r.stderr

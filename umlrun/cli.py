@@ -1,4 +1,4 @@
-"""The umlrun command line: run, rootfs, syscalls."""
+"""The umlrun command line: run, ps, rootfs, syscalls."""
 from __future__ import annotations
 
 import argparse
@@ -68,6 +68,10 @@ def build_parser() -> Parser:
     fs = sub.add_parser("rootfs", help="build and list root filesystems")
     from rootfs.cli import add_commands
     add_commands(fs)
+    ps = sub.add_parser("ps", help="list the processes of running jails",
+                        description="List the guest processes of your running jails (through each jail's "
+                                    "control socket).")
+    ps.add_argument("jail", nargs="?", type=int, help="only this jail (its supervisor's pid)")
     s = sub.add_parser("syscalls", help="print the syscall table (or write docs/syscalls.md)")
     s.add_argument("--markdown", action="store_true", help="as the Markdown compatibility table")
     return p
@@ -117,6 +121,23 @@ def cmd_run(args) -> int:
         raise
 
 
+def cmd_ps(args) -> int:
+    from umlrun.control import ask, jails
+    rows = []
+    for path in jails():
+        answer = ask(path, "ps")
+        if answer is None or (args.jail is not None and answer.get("jail") != args.jail):
+            continue
+        rows += [(answer["jail"], p["pid"], p["host_pid"], p["state"], p["command"]) for p in answer["processes"]]
+    if args.jail is not None and not rows:
+        sys.stderr.write(f"umlrun: no running jail {args.jail}; see 'umlrun ps' for the running ones\n")
+        return 1
+    print(f"{'JAIL':>7} {'PID':>7} {'HOST PID':>8} S COMMAND")
+    for jail, pid, host_pid, state, command in rows:
+        print(f"{jail:>7} {pid:>7} {host_pid:>8} {state} {command}")
+    return 0
+
+
 def cmd_syscalls(args) -> int:
     from umlrun.compat import render
     sys.stdout.write(render(markdown=args.markdown))
@@ -127,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return cmd_run(args)
+    if args.command == "ps":
+        return cmd_ps(args)
     if args.command == "rootfs":
         from rootfs.cli import run
         return run(args)

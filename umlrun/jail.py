@@ -24,6 +24,7 @@ from hostfs.ownership import StoreError
 from hostfs.pathwalk import PathWalk, WalkError
 from hostfs.procfs import ProcFS
 from umlrun import limits as jail_limits
+from umlrun.control import ControlServer
 from umlrun.limits import Limits
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -272,6 +273,8 @@ class Jail:
         signal.signal(signal.SIGTTOU, signal.SIG_IGN)
         watchdog = jail_limits.Watchdog(k, cfg.limits)
         watchdog.start()
+        control = ControlServer(k)
+        control.start()
         try:
             status = k.run()
             watchdog.stop()
@@ -281,6 +284,7 @@ class Jail:
             return status
         finally:
             watchdog.stop()
+            control.close()
             self.mounts.save_stores()
             if tty is not None:
                 try:
