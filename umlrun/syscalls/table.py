@@ -129,9 +129,20 @@ class SyscallTable:
 
 def build_table() -> SyscallTable:
     """The full table: natives, denials, then each family's emulated handlers."""
-    from umlrun.syscalls import attrs, exec, files, identity, namespace, policy, signals, sockets, system
+    from umlrun.syscalls import (
+        attrs,
+        exec,
+        files,
+        identity,
+        namespace,
+        policy,
+        signals,
+        sockets,
+        statcalls,
+        system,
+    )
     table = SyscallTable()
     policy.register(table)
-    for family in (files, namespace, attrs, exec, identity, signals, system, sockets):
+    for family in (files, statcalls, namespace, attrs, exec, identity, signals, system, sockets):
         family.register(table)
     return table
