@@ -31,9 +31,7 @@ class DevPts:
     def adopt(self, name: bytes) -> None:
         """Make the host's /dev/pts/<name> visible in the guest (if it exists)."""
         if name in self.held:
-            self._drop_dead()
-            if name in self.held:
-                return
+            return
         try:
             fd = os.open(b"/dev/pts/" + name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
@@ -45,7 +43,7 @@ class DevPts:
     def adopt_master(self, master_fd: int) -> None:
         """The guest just opened a ptmx: adopt the slave of the new pair."""
         buf = fcntl.ioctl(master_fd, TIOCGPTN, b"\0" * 4)
-        self._drop_dead()
+        self._drop_dead()  # a number held for a freed pty may be this one
         self.adopt(b"%d" % struct.unpack("I", buf)[0])
 
     def _drop_dead(self) -> None:
@@ -74,8 +72,3 @@ class DevPts:
 
     def magic(self, rel: tuple, name: bytes):
         return None
-
-    def close(self) -> None:
-        for fd in self.held.values():
-            os.close(fd)
-        self.held.clear()

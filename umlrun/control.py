@@ -110,11 +110,10 @@ def jails() -> list[str]:
     """Control sockets of the user's running jails (stale ones are removed)."""
     d = run_dir()
     found = []
-    for name in sorted(os.listdir(d), key=lambda n: int(n.split(".")[0]) if n.split(".")[0].isdigit() else 0):
-        if not name.endswith(".sock"):
-            continue
-        pid = name[:-5]
-        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+    pids = sorted(int(n[:-5]) for n in os.listdir(d) if n.endswith(".sock") and n[:-5].isdigit())
+    for pid in pids:
+        name = f"{pid}.sock"
+        if not os.path.exists(f"/proc/{pid}"):
             try:
                 os.unlink(os.path.join(d, name))
             except OSError:

@@ -277,11 +277,6 @@ class Jail:
         control.start()
         try:
             status = k.run()
-            watchdog.stop()
-            if watchdog.exceeded:
-                sys.stderr.write(f"umlrun: the jail {watchdog.exceeded}; its processes were killed\n")
-                return watchdog.exit_code
-            return status
         finally:
             watchdog.stop()
             control.close()
@@ -293,6 +288,10 @@ class Jail:
                     pass
             for sig in forward:
                 signal.signal(sig, signal.SIG_DFL)
+        if watchdog.exceeded:
+            sys.stderr.write(f"umlrun: the jail {watchdog.exceeded}; its processes were killed\n")
+            return watchdog.exit_code
+        return status
 
     @staticmethod
     def _foreground_tty() -> int | None:

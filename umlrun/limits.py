@@ -50,8 +50,8 @@ def apply(table, limits: Limits) -> None:
 
     def check_fork(k, c: Call):
         c.proc.fork_pending = False  # a fork of this task that never produced a child
-        procs = k.procs.by_tid.values()
-        if len(k.procs.by_tid) + sum(p.fork_pending for p in procs) >= limits.max_pids:
+        in_flight = sum(p.fork_pending for p in k.procs.by_tid.values())
+        if len(k.procs.by_tid) + in_flight >= limits.max_pids:
             raise SysError(errno.EAGAIN)
         c.proc.fork_pending = True   # cleared by the fork event
         return CONTINUE

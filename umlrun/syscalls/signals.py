@@ -14,7 +14,7 @@ import os
 
 from sysemu._sysemu import ffi, lib
 from umlrun.kernel import CONTINUE, Call, SysError
-from umlrun.syscalls.files import s32
+from umlrun.syscalls.files import guest_fd_link, s32
 
 PRIO_PROCESS, PRIO_PGRP = 0, 1
 IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP = 1, 2
@@ -115,11 +115,7 @@ def sys_pidfd_send_signal(k, c: Call):
     it runs as made. An fd of a /proc/PID directory is also a pidfd on Linux;
     the guest's /proc is ours, so that signal is sent on the guest's behalf."""
     fd, sig, info, flags = s32(c.args[0]), s32(c.args[1]), c.args[2], c.args[3]
-    hostfd = k.guest_fd(c, fd)
-    try:
-        link = os.readlink(b"/proc/self/fd/%d" % hostfd)
-    finally:
-        os.close(hostfd)
+    link = os.readlink(guest_fd_link(c, fd))
     if link == b"anon_inode:[pidfd]":
         return CONTINUE
     procdir, _, name = link.rpartition(b"/")

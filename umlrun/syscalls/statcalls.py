@@ -84,18 +84,20 @@ def stat_dentry(k, d) -> bytes:
 
 
 def stand_in_for(k, host: bytes):
-    """The guest path of the object a descriptor's host file stands for, when
-    stat must look there instead: a stand-in (a merged listing, a symlink's
-    placeholder), or a lower-layer file copied up since it was opened (on Linux
-    the descriptor then shows the copy's attributes). None: stat the file."""
+    """(guest path, mount, upper) for a descriptor's host file. The guest path is
+    where stat must look instead of the file, or None: the object a stand-in
+    stands for (a merged listing, a symlink's placeholder), or a lower-layer file
+    copied up since it was opened (on Linux the descriptor then shows the copy's
+    attributes). mount and upper are the file's place_of()."""
     alias = k.mounts.aliases.get(host)
     if alias is not None:
-        return alias
+        return alias, None, True
     m, upper = place_of(k, host)
-    if upper or not m.overlay.copied_up:
-        return None
-    st = os.lstat(host)
-    return k.mounts.guest_path_of(host) if (st.st_dev, st.st_ino) in m.overlay.copied_up else None
+    if not upper and m.overlay.copied_up:
+        st = os.lstat(host)
+        if (st.st_dev, st.st_ino) in m.overlay.copied_up:
+            return k.mounts.guest_path_of(host), m, upper
+    return None, m, upper
 
 
 def _stat_fd(k, c: Call, fd: int) -> bytes:
@@ -106,13 +108,13 @@ def _stat_fd(k, c: Call, fd: int) -> bytes:
     # O_PATH descriptors (even of symlinks) included.
     link = guest_fd_link(c, fd)
     host = os.readlink(link)
-    alias = stand_in_for(k, host)
+    alias, mount, upper = stand_in_for(k, host)
     if alias is not None:  # answer for the object itself, by its guest path
         with k.vfs.walk(b"/" + b"/".join(alias), follow=False, caller=c.proc) as d:
             return stat_dentry(k, d)
     hostfd = os.open(link, os.O_PATH | os.O_CLOEXEC)
     try:
-        return raw_stat(k, hostfd, b"", AT_EMPTY_PATH, *place_of(k, host))
+        return raw_stat(k, hostfd, b"", AT_EMPTY_PATH, mount, upper)
     finally:
         os.close(hostfd)
 
@@ -163,7 +165,7 @@ def sys_statx(k, c: Call):
     if not path and flags & AT_EMPTY_PATH and dirfd != AT_FDCWD:
         link = guest_fd_link(c, dirfd)
         host = os.readlink(link)
-        alias = stand_in_for(k, host)
+        alias, mount, upper = stand_in_for(k, host)
         if alias is not None:  # answer for the object itself, by its guest path
             path, dirfd, flags, link = b"/" + b"/".join(alias), AT_FDCWD, flags | AT_SYMLINK_NOFOLLOW, None
     if link is not None:
@@ -172,7 +174,6 @@ def sys_statx(k, c: Call):
             r = lib.sysemu_statx(hostfd, b"", AT_EMPTY_PATH | sync, mask, out)
         finally:
             os.close(hostfd)
-        mount, upper = place_of(k, host)
     else:
         with lookup(k, c, dirfd, path or b".", follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
             r = lib.sysemu_statx(d.parent_fd, d.name, d.nofollow | sync, mask, out)
