@@ -9,12 +9,15 @@ special:
     reaches the object the descriptor holds (the host's own /proc/PID/fd/N),
     even a pipe or a deleted file, as on Linux; readlink shows the guest path;
   - /proc/PID/cwd and /root are plain links to the guest paths.
-Host processes are never listed, and host paths never shown.
+Host processes are never listed, and host paths never shown. Entries are
+named by guest pid (umlrun/process.py PidNamespace) and pids inside stat and
+status are the guest's; a program run by its ELF loader shows its own name.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 # Files copied from the host's /proc as they are (machine facts, not names).
 GLOBAL_FILES = (b"cpuinfo", b"meminfo", b"stat", b"uptime", b"loadavg", b"version", b"filesystems",
@@ -31,6 +34,15 @@ PID_FILES = (b"cmdline", b"environ", b"stat", b"statm", b"status", b"maps", b"co
              b"sched", b"personality", b"schedstat", b"timerslack_ns", b"cgroup")
 
 
+def host_dir() -> str | None:
+    """A private directory on a tmpfs for /proc, where the listing order can be
+    chosen (see ProcFS._relist); None when there is no writable /dev/shm."""
+    try:
+        return tempfile.mkdtemp(prefix="umlrun-proc-", dir="/dev/shm")
+    except OSError:
+        return None
+
+
 class ProcFS:
     def __init__(self, host_dir: bytes, kernel):
         self.dir = host_dir
@@ -45,15 +57,15 @@ class ProcFS:
         if not rel:
             self._top(name, caller, last)
         elif len(rel) == 1 and rel[0].isdigit():
-            proc = self.k.procs.get(int(rel[0]))
+            proc = self.k.procs.live(int(rel[0]))
             if proc is None:
                 return
             if name in (b"fd", b"fdinfo", b"task"):
-                self._fill_dir(proc.tgid, name)
+                self._fill_dir(proc, rel[0], name)
             elif name in PID_FILES:
                 self._copy(b"/proc/%d/%s" % (proc.tgid, name), self._path(rel[0], name), self._rewrite(name, proc))
             elif name in (b"cwd", b"root", b"exe"):
-                self._links(proc, name)
+                self._links(proc, rel[0], name)
         elif rel == (b"sys",) or rel[:1] == (b"sys",):
             self._build_sys()
 
@@ -62,13 +74,17 @@ class ProcFS:
 
     def magic(self, rel: tuple, name: bytes):
         """(host directory, name) behind a magic link, or None for a plain one."""
-        if len(rel) == 2 and rel[0].isdigit() and rel[1] == b"fd" and name.isdigit():
-            return b"/proc/%s/fd" % rel[0], name
-        if len(rel) == 1 and rel[0].isdigit() and name == b"exe":
-            proc = self.k.procs.get(int(rel[0]))
-            if proc is not None and proc.extra.get("exe"):
+        if not rel or not rel[0].isdigit():
+            return None
+        proc = self.k.procs.live(int(rel[0]))
+        if proc is None:
+            return None
+        if len(rel) == 2 and rel[1] == b"fd" and name.isdigit():
+            return b"/proc/%d/fd" % proc.tgid, name
+        if len(rel) == 1 and name == b"exe":
+            if proc.extra.get("exe"):
                 return None  # run by its ELF loader: the plain link names the program
-            return b"/proc/%s" % rel[0], b"exe"
+            return b"/proc/%d" % proc.tgid, b"exe"
         return None
 
     # ---- content ---------------------------------------------------------------
@@ -77,28 +93,18 @@ class ProcFS:
         return os.path.join(self.dir, *parts)
 
     def _top(self, name: bytes, caller, last: bool) -> None:
-        tgids = self.k.procs.tgids()
+        procs = self.k.procs
         if name == b".":
-            self._prune(tgids)
-            for pid in tgids:
-                self._fill_pid(pid, listing=False)
-            for f in GLOBAL_FILES:
-                self._copy(b"/proc/" + f, self._path(f))
-            for link, target in ((b"self", b"%d" % caller.tgid if caller else b"0"),
-                                 (b"thread-self", b"%d/task/%d" % (caller.tgid, caller.tid) if caller else b"0"),
-                                 (b"mounts", b"self/mounts")):
-                self._link(self._path(link), target)
-            self._build_sys()
-        elif name == b"self" and caller is not None:
-            self._link(self._path(b"self"), b"%d" % caller.tgid)
-            self._fill_pid(caller.tgid, listing=False)
-        elif name == b"thread-self" and caller is not None:
-            self._link(self._path(name), b"%d/task/%d" % (caller.tgid, caller.tid))
-            self._fill_pid(caller.tgid, listing=False)
+            self._relist(caller)
+        elif name in (b"self", b"thread-self") and caller is not None:
+            vpid = procs.vpid(caller.tgid)
+            target = b"%d" % vpid if name == b"self" else b"%d/task/%d" % (vpid, procs.vpid(caller.tid))
+            self._link(self._path(name), target)
+            self._fill_pid(vpid, listing=False)
         elif name == b"mounts":
             self._link(self._path(name), b"self/mounts")
         elif name.isdigit():
-            if int(name) in tgids:
+            if procs.live(int(name)) is not None:
                 self._fill_pid(int(name), listing=last)
             else:
                 shutil.rmtree(self._path(name), ignore_errors=True)
@@ -107,18 +113,37 @@ class ProcFS:
         elif name == b"sys":
             self._build_sys()
 
-    def _prune(self, tgids) -> None:
-        for entry in os.listdir(self.dir):
-            if entry.isdigit() and int(entry) not in tgids:
-                shutil.rmtree(self._path(entry), ignore_errors=True)
+    def _relist(self, caller) -> None:
+        """/proc is being listed: the guest's processes, then the machine's files.
 
-    def _fill_pid(self, pid: int, listing: bool) -> None:
+        Linux lists pids in ascending order and tools show them in listing
+        order. A tmpfs lists its entries newest first, so on one (the directory
+        is put there when it can be: hostfs.procfs.host_dir) the entries are
+        made again, last ones first."""
+        procs = self.k.procs
+        for entry in os.listdir(self.dir):
+            path = self._path(entry)
+            if entry.isdigit():
+                shutil.rmtree(path, ignore_errors=True)
+            elif entry != b"sys":
+                os.unlink(path)
+        for vpid in sorted((procs.vpid(tgid) for tgid in procs.tgids()), reverse=True):
+            self._fill_pid(vpid, listing=False)
+        self_vpid = procs.vpid(caller.tgid) if caller else 0
+        for link, target in ((b"thread-self", b"%d/task/%d" % (self_vpid, procs.vpid(caller.tid) if caller else 0)),
+                             (b"self", b"%d" % self_vpid), (b"mounts", b"self/mounts")):
+            self._link(self._path(link), target)
+        for f in reversed(GLOBAL_FILES):
+            self._copy(b"/proc/" + f, self._path(f))
+        self._build_sys()
+
+    def _fill_pid(self, vpid: int, listing: bool) -> None:
         """/proc/PID: its links always; for a listing also its files (empty, as Linux
         shows their size: content is written when one is looked up)."""
-        proc = self.k.procs.get(pid)
+        proc = self.k.procs.live(vpid)
         if proc is None:
             return
-        d = self._path(b"%d" % pid)
+        d = self._path(b"%d" % vpid)
         os.makedirs(d, exist_ok=True)
         if listing and not os.path.exists(os.path.join(d, PID_FILES[0])):
             for f in PID_FILES:
@@ -126,10 +151,10 @@ class ProcFS:
             for sub in (b"fd", b"fdinfo", b"task"):
                 os.makedirs(os.path.join(d, sub), exist_ok=True)
         if listing:
-            self._links(proc)
+            self._links(proc, b"%d" % vpid)
 
-    def _links(self, proc, only: bytes | None = None) -> None:
-        d = self._path(b"%d" % proc.tgid)
+    def _links(self, proc, vname: bytes, only: bytes | None = None) -> None:
+        d = self._path(vname)
         if only in (None, b"cwd"):
             self._link(os.path.join(d, b"cwd"), b"/" + b"/".join(proc.fs.cwd))
         if only in (None, b"root"):
@@ -138,14 +163,15 @@ class ProcFS:
             exe = proc.extra.get("exe") or self._guest_link(b"/proc/%d/exe" % proc.tid)
             self._link(os.path.join(d, b"exe"), exe)
 
-    def _fill_dir(self, pid: int, sub: bytes) -> None:
-        d = self._path(b"%d" % pid, sub)
+    def _fill_dir(self, proc, vname: bytes, sub: bytes) -> None:
+        pid = proc.tgid
+        d = self._path(vname, sub)
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
         if sub == b"task":
             for p in self.k.procs.by_tid.values():
                 if p.tgid == pid:
-                    os.mkdir(os.path.join(d, b"%d" % p.tid))
+                    os.mkdir(os.path.join(d, b"%d" % self.k.procs.vpid(p.tid)))
             return
         try:
             fds = os.listdir(b"/proc/%d/%s" % (pid, sub))
@@ -173,14 +199,28 @@ class ProcFS:
         return b"/" + b"/".join(comps) + (b" (deleted)" if deleted else b"")
 
     def _rewrite(self, name: bytes, proc):
-        """Per-file edits: guest identities, guest paths, no sign of the tracer."""
+        """Per-file edits: guest identities, guest pids, guest paths, no sign of the tracer."""
+        procs = self.k.procs
+        if name == b"stat":
+            return lambda data: self._stat(data, proc)
+        if name == b"comm":
+            return lambda data: self._comm(data.rstrip(b"\n"), proc) + b"\n"
         if name == b"status":
             c = proc.cred
+            pids = {b"Tgid:": procs.vpid(proc.tgid), b"Pid:": procs.vpid(proc.tgid), b"PPid:": procs.vppid(proc),
+                    b"NStgid:": procs.vpid(proc.tgid), b"NSpid:": procs.vpid(proc.tgid)}
 
             def status(data: bytes) -> bytes:
                 out = []
                 for line in data.split(b"\n"):
-                    if line.startswith(b"Uid:"):
+                    key = line.split(b"\t", 1)[0]
+                    if key in pids:
+                        line = b"%s\t%d" % (key, pids[key])
+                    elif key in (b"NSpgid:", b"NSsid:"):
+                        line = b"%s\t%d" % (key, procs.vpid(int(line.split()[1])))
+                    elif key == b"Name:":
+                        line = b"Name:\t" + self._comm(line[6:].strip(), proc)
+                    elif line.startswith(b"Uid:"):
                         line = b"Uid:\t%d\t%d\t%d\t%d" % (c.ruid, c.euid, c.suid, c.fsuid)
                     elif line.startswith(b"Gid:"):
                         line = b"Gid:\t%d\t%d\t%d\t%d" % (c.rgid, c.egid, c.sgid, c.fsgid)
@@ -206,6 +246,33 @@ class ProcFS:
         if name == b"cmdline" and proc.extra.get("exe"):
             return guest_cmdline
         return None
+
+    @staticmethod
+    def _comm(comm: bytes, proc) -> bytes:
+        """The name Linux gives a task at exec: the path's last name (`sh`), where
+        the host kernel, exec'ing a descriptor, named it after the file (the ELF
+        loader, or busybox), unless it named itself since (PR_SET_NAME).
+        (Kernels before 6.x name it after the descriptor's number.)"""
+        names = proc.extra.get("comm")
+        if names is not None and (comm == names[0] or comm.isdigit()):
+            return names[1]
+        return comm
+
+    def _stat(self, data: bytes, proc) -> bytes:
+        """/proc/PID/stat: pid, ppid, pgrp, session and tpgid in guest pids."""
+        procs = self.k.procs
+        close = data.rfind(b")")
+        if close < 0:
+            return data
+        comm = self._comm(data[data.find(b"(") + 1:close], proc)
+        f = data[close + 2:].split(b" ")
+        if len(f) < 6:
+            return data
+        f[1] = b"%d" % procs.vppid(proc)
+        f[2], f[3] = (b"%d" % procs.vpid(int(f[i])) for i in (2, 3))
+        if int(f[5]) > 0:
+            f[5] = b"%d" % procs.vpid(int(f[5]))
+        return b"%d (%s) " % (procs.vpid(proc.tgid), comm) + b" ".join(f)
 
     def _guest_path_text(self, host: bytes) -> bytes:
         comps = self.k.mounts.guest_path_of(host.split(b" (deleted)")[0])

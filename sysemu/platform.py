@@ -20,7 +20,9 @@ import socket
 from sysemu._sysemu import ffi, lib
 
 PTRACE_CONT, PTRACE_SYSCALL, PTRACE_LISTEN, PTRACE_SYSEMU = 7, 24, 0x4208, 31
-PTRACE_INTERRUPT = 0x4207
+PTRACE_INTERRUPT, PTRACE_GETSIGINFO, PTRACE_SETSIGINFO = 0x4207, 0x4202, 0x4203
+NR_PTRACE, NR_PRCTL, PR_SET_CHILD_SUBREAPER = 101, 157, 36
+SIGINFO_SIZE = 128
 PTRACE_O_TRACESYSGOOD, PTRACE_O_TRACEFORK, PTRACE_O_TRACEVFORK = 1, 2, 4
 PTRACE_O_TRACECLONE, PTRACE_O_TRACEEXEC, PTRACE_O_TRACESECCOMP = 8, 0x10, 0x80
 PTRACE_O_EXITKILL = 0x100000
@@ -59,6 +61,10 @@ class Platform:
         self._regs = ffi.new("struct user_regs_struct *")
 
     # ---- starting the guest ------------------------------------------------
+
+    @staticmethod
+    def become_subreaper() -> None:
+        lib.sysemu_syscall6(NR_PRCTL, PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0, 0)
 
     def spawn(self, path: bytes, argv: list[bytes], envp: list[bytes], *, cwd: bytes,
               drop_uid: int = -1, drop_gid: int = -1, tty_fd: int | None = None) -> int:
@@ -213,6 +219,17 @@ class Platform:
         lib.sysemu_getregs(pid, inj)
         rax = inj.rax
         return rax - (1 << 64) if rax >> 63 else rax
+
+    def getsiginfo(self, pid: int) -> bytes | None:
+        """The siginfo of the signal a tracee is stopped for (None: it has gone)."""
+        buf = ffi.new("char[]", SIGINFO_SIZE)
+        if lib.sysemu_syscall6(NR_PTRACE, PTRACE_GETSIGINFO, pid, 0, int(ffi.cast("long", buf)), 0, 0) < 0:
+            return None
+        return ffi.unpack(buf, SIGINFO_SIZE)
+
+    def setsiginfo(self, pid: int, info: bytes) -> None:
+        buf = ffi.new("char[]", info)
+        lib.sysemu_syscall6(NR_PTRACE, PTRACE_SETSIGINFO, pid, 0, int(ffi.cast("long", buf)), 0, 0)
 
     def eventmsg(self, pid: int) -> int:
         msg = ffi.new("unsigned long *")

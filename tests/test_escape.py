@@ -199,6 +199,7 @@ def test_terminal_input_injection_is_refused(busybox_root, probe_dir):
     r = umlrun("run", "-r", busybox_root, "-b", f"{probe_dir}:/probes:ro", "--", "/probes/tiocsti")
     assert r.stdout.splitlines()[0] == "tiocsti -1 EPERM"
     assert r.stdout.splitlines()[1] == native.stdout.splitlines()[1]  # ENOTTY: stdin is not a terminal here
+    assert r.stdout.splitlines()[2] == "tiocsti_high -1 EPERM"
 
 
 def test_inherited_file_cannot_be_changed_through_proc_fd(busybox_root, tmp_path):

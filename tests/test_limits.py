@@ -70,6 +70,8 @@ def test_umlrun_ps_lists_the_guest_processes(busybox_root):
         assert [(int(row[0]), row[4]) for row in rows] == [(p.pid, "sh -c sleep 30 & echo started; wait"),
                                                            (p.pid, "sleep 30")], r.stdout
         assert all(row[3] == "S" for row in rows)
+        assert [int(row[1]) for row in rows] == [1, 2]             # guest pids
+        assert all(int(row[2]) > 2 for row in rows)                # host pids
         assert str(p.pid) in umlrun("ps").stdout
     finally:
         p.terminate()

@@ -8,9 +8,9 @@ def test_proc_lists_only_guest_processes(busybox_root):
     r = umlrun("run", "-r", busybox_root, "--", "sh", "-c", "sleep 5 & ls /proc; echo ---; ps; kill $!")
     listing, _, ps = r.stdout.partition("---\n")
     pids = [int(n) for n in listing.split() if n.isdigit()]
-    assert 2 <= len(pids) <= 4, listing          # sh, sleep, ls (and perhaps its parent subshell)
-    assert 1 not in pids and os.getpid() not in pids
+    assert pids == [1, 2, 3], listing            # sh is pid 1, then sleep, then ls
     assert "sleep 5" in ps and "pytest" not in ps and "init" not in ps
+    assert [line.split()[0] for line in ps.splitlines()[1:]] == ["1", "2", "4"], ps
 
 
 def test_self_status_shows_guest_identity_and_no_tracer(busybox_root):

@@ -32,7 +32,7 @@ def run_dir() -> str:
 def process_list(k) -> list[dict]:
     """One entry per guest process (thread group), first process first."""
     out = []
-    for tgid in sorted(k.procs.tgids()):
+    for tgid in sorted(k.procs.tgids(), key=k.procs.vpid):
         try:
             with open(f"/proc/{tgid}/stat", "rb") as f:
                 state = f.read().rpartition(b")")[2].split()[0].decode()
@@ -44,8 +44,7 @@ def process_list(k) -> list[dict]:
             cmd = cmdline.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
         except (OSError, IndexError):
             continue  # gone meanwhile
-        # Guest pids are host pids until the guest pid namespace lands.
-        out.append({"pid": tgid, "host_pid": tgid, "state": state, "command": cmd})
+        out.append({"pid": k.procs.vpid(tgid), "host_pid": tgid, "state": state, "command": cmd})
     return out
 
 

@@ -23,6 +23,7 @@ from hostfs.overlay import OverlayFS
 from hostfs.ownership import StoreError
 from hostfs.pathwalk import PathWalk, WalkError
 from hostfs.procfs import ProcFS
+from hostfs.procfs import host_dir as procfs_host_dir
 from umlrun import limits as jail_limits
 from umlrun.control import ControlServer
 from umlrun.limits import Limits
@@ -79,6 +80,7 @@ class Jail:
     def __init__(self, cfg: JailConfig):
         self.cfg = cfg
         self.runtime = tempfile.mkdtemp(prefix="umlrun-")
+        self.proc_dir: str | None = None  # the guest's /proc, on a tmpfs when there is one
         self.mounts = MountTable()
 
     # ---- the guest's filesystem -----------------------------------------------------
@@ -108,7 +110,10 @@ class Jail:
         mt.add(b"/run", self._dir("run", 0o755), kind="tmpfs")
         self._build_dev()
         # The guest's own /proc (guest processes only) and a minimal /sys.
-        self.procfs = ProcFS(self._dir("proc", 0o755), None)
+        self.proc_dir = procfs_host_dir()
+        if self.proc_dir is not None:
+            os.chmod(self.proc_dir, 0o755)
+        self.procfs = ProcFS(self.proc_dir.encode() if self.proc_dir else self._dir("proc", 0o755), None)
         mt.add(b"/proc", self.procfs.dir, readonly=True, kind="proc", fs=self.procfs)
         mt.add(b"/sys", self._build_sys(), readonly=True, kind="sysfs")
         for b in cfg.binds:
@@ -267,7 +272,7 @@ class Jail:
                 tty_fd=tty)
         os.umask(0)  # from here on the guest's own umask is applied by the handlers
         init = k.procs.init.tid
-        forward = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+        forward = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH)
         for sig in forward:
             signal.signal(sig, lambda s, _f: _killpg(init, s))
         signal.signal(signal.SIGTTOU, signal.SIG_IGN)
@@ -304,6 +309,8 @@ class Jail:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.runtime, ignore_errors=True)
+        if self.proc_dir:
+            shutil.rmtree(self.proc_dir, ignore_errors=True)
 
 
 def _killpg(pgid: int, sig: int) -> None:

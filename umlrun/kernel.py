@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import struct
 import sys
 import threading
 import traceback
@@ -34,7 +35,7 @@ from sysemu.platform import (
     Platform,
 )
 from umlrun.process import Cred, Process, ProcessTable
-from umlrun.syscalls.table import EMULATED, PTRACE, build_table
+from umlrun.syscalls.table import EMULATED, build_table
 
 CONTINUE = object()  # handler result: let the kernel run the call as made
 DEFERRED = object()  # handler result: a worker thread answers later
@@ -61,16 +62,52 @@ GUEST_ERRORS = (SysError, WalkError, GuestFault)
 DEBUG = os.environ.get("UMLRUN_DEBUG")  # print host errors met inside handlers
 _ERESTARTSYS, _ERESTARTNOINTR = 2**64 - 512, 2**64 - 513  # kernel-internal, as seen in rax
 _GROUP_STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+_SI_USER, _SI_QUEUE, _SI_MESGQ, _SI_TKILL = 0, -1, -3, -6  # si_code values
+
+
+def _catches(tgid: int, sig: int) -> bool:
+    """Whether the process has a handler for sig (SigCgt in its status)."""
+    try:
+        with open(f"/proc/{tgid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except OSError:
+        pass
+    return False
+NR_CLONE, NR_CLONE3 = 56, 435
+CLONE_PARENT_SETTID, CLONE_CHILD_SETTID = 0x00100000, 0x01000000
+
+
+ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
+
+
+def _restoring(args: tuple, then):
+    """at_exit: run `then`, and give the guest back its argument registers."""
+    def fix(regs):
+        if then is not None:
+            then(regs)
+        regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9 = args
+    return fix
 
 
 class Call:
     """One trapped syscall: who made it, its arguments, and access to its memory."""
 
-    __slots__ = ("k", "proc", "pid", "nr", "args", "regs", "id")
+    __slots__ = ("k", "proc", "pid", "nr", "args", "regs", "id", "rewritten")
 
     def __init__(self, k, proc, pid, nr, args, regs=None, notif_id=0):
         self.k, self.proc, self.pid, self.nr, self.args, self.regs = k, proc, pid, nr, args, regs
         self.id = notif_id
+        self.rewritten = False
+
+    def rewrite_arg(self, i: int, value: int) -> None:
+        """At a ptrace stop: the call runs with argument i = value (a host pid for
+        a guest one). The guest's register is given back at the call's exit:
+        registers survive a syscall, compiled code may reuse them, and a call
+        restarted after a signal must be re-issued as the guest made it."""
+        setattr(self.regs, ARG_REGS[i], value & 0xFFFFFFFFFFFFFFFF)
+        self.rewritten = True
 
     def path(self, i: int) -> bytes:
         return self.k.platform.read_string(self.pid, self.args[i])
@@ -121,6 +158,9 @@ class Kernel:
     def start(self, path: bytes, argv: list[bytes], envp: list[bytes], cwd: tuple, bpf: bytes,
               scratch_dir: bytes, tty_fd: int | None = None) -> None:
         self.platform = Platform(bpf)
+        # Orphaned guests are reparented to the supervisor, not to a host process:
+        # the jail's tree stays the supervisor's, whose reaping the guest never sees.
+        self.platform.become_subreaper()
         uid = self.chown_to[0] if self.chown_to else -1
         gid = self.chown_to[1] if self.chown_to else -1
         pid = self.platform.spawn(path, argv, envp, cwd=scratch_dir, drop_uid=uid, drop_gid=gid,
@@ -205,7 +245,7 @@ class Kernel:
     # ---- ptrace stops -----------------------------------------------------------------
 
     def resume_request(self, proc: Process | None) -> int:
-        if proc is not None and proc.reexec:
+        if proc is not None and (proc.reexec or proc.at_exit is not None):
             return PTRACE_SYSCALL
         return PTRACE_SYSEMU if self.trap_all else PTRACE_CONT
 
@@ -252,9 +292,43 @@ class Kernel:
         if regs is not None and regs.rax == _ERESTARTSYS:
             entry = self.table.by_nr.get(regs.orig_rax)
             if entry is not None and entry.disposition == EMULATED:
-                regs.rax = _ERESTARTNOINTR
+                if entry.withdrawn is not None and proc is not None:
+                    regs.rax = entry.withdrawn(proc)
+                else:
+                    regs.rax = _ERESTARTNOINTR
                 self.platform.setregs(pid, regs)
-        self.resume(pid, proc, sig)
+        self.resume(pid, proc, self.screen_signal(pid, proc, sig))
+
+    def screen_signal(self, pid: int, proc: Process | None, sig: int) -> int:
+        """The signal to deliver (0: none), its sender named as the guest names it.
+
+        As in a pid namespace, pid 1 never gets a signal it does not catch from
+        another guest process (or itself). si_pid/si_uid that the kernel filled
+        with host values (kill, tkill, a child's SIGCHLD, a message queue) are
+        rewritten; a sender outside the jail (the user, the supervisor) is pid 0,
+        as a sender outside a pid namespace is on Linux."""
+        info = self.platform.getsiginfo(pid)
+        if info is None:
+            return sig
+        signo, _, code, host_pid, host_uid = struct.unpack_from("iiixxxxiI", info)
+        init = self.procs.init
+        if (proc is not None and init is not None and proc.tgid == init.tgid
+                and (code == _SI_QUEUE or (code in (_SI_USER, _SI_TKILL) and self.procs.vpid(host_pid)))
+                and not _catches(init.tgid, sig)):
+            return 0
+        if code in (_SI_USER, _SI_TKILL, _SI_MESGQ) or (signo == signal.SIGCHLD and code > 0):
+            uid = self.guest_uid(host_pid, host_uid)
+            vpid = self.procs.vpid(host_pid)
+            if (vpid, uid) != (host_pid, host_uid):
+                self.platform.setsiginfo(pid, info[:16] + struct.pack("iI", vpid, uid) + info[24:])
+        return sig
+
+    def guest_uid(self, host_pid: int, host_uid: int) -> int:
+        """The real uid the guest sees for a process the host names by pid and uid."""
+        proc = self.procs.get(host_pid)
+        if proc is not None:
+            return proc.cred.ruid
+        return 0 if host_uid in self.own_uids else host_uid
 
     def on_event_stop(self, pid: int, proc: Process | None, sig: int) -> None:
         if proc is None:  # a new child, before its parent's fork event: hold it
@@ -262,8 +336,7 @@ class Kernel:
         elif not proc.known:
             proc.pending_stop = True
         elif not proc.started:
-            proc.started = True
-            self.resume(pid, proc)
+            self.start_task(pid, proc)
         elif sig in _GROUP_STOP_SIGNALS:
             # A real group stop: stay stopped, but let SIGCONT through.
             self.platform.resume(pid, 0, PTRACE_LISTEN)
@@ -271,21 +344,47 @@ class Kernel:
             self.resume(pid, proc)
 
     def on_fork(self, pid: int, proc: Process | None, event: int) -> None:
-        child_tid = self.platform.eventmsg(pid)
+        """A new task: it takes the next guest pid, which the parent's call returns
+        (rewritten at its exit stop) and the SETTID words hold."""
+        platform = self.platform
+        child_tid = platform.eventmsg(pid)
         if proc is not None:
             proc.fork_pending = False
-            flags = 0
-            if event == EVENT_CLONE:
-                regs = self.platform.getregs(pid)
-                if regs.orig_rax == 435:  # clone3: flags are the first field of clone_args
-                    flags = int.from_bytes(self.platform.read(pid, regs.rdi, 8), "little")
-                else:
-                    flags = regs.rdi
+            flags = parent_word = child_word = 0
+            regs = platform.getregs(pid)
+            if regs.orig_rax == NR_CLONE3:  # struct clone_args: flags, pidfd, child_tid, parent_tid
+                flags, _, child_word, parent_word = struct.unpack("4Q", platform.read(pid, regs.rdi, 32))
+            elif regs.orig_rax == NR_CLONE:
+                flags, parent_word, child_word = regs.rdi, regs.rdx, regs.r10
             child = self.procs.fork(proc, child_tid, flags)
+            vpid = self.procs.vpid(child_tid)
+            if flags & CLONE_PARENT_SETTID:  # the kernel wrote it before this stop
+                self.write_pid(pid, parent_word, vpid)
+            if flags & CLONE_CHILD_SETTID:   # the kernel writes it as the child first runs
+                child.settid = child_word
+
+            def result(regs, host=child_tid, vpid=vpid):
+                if regs.rax == host:
+                    regs.rax = vpid
+            proc.at_exit = result
             if child.pending_stop:
-                child.pending_stop, child.started = False, True
-                self.resume(child_tid, child)
+                child.pending_stop = False
+                self.start_task(child_tid, child)
         self.resume(pid, proc)
+
+    def start_task(self, tid: int, proc: Process) -> None:
+        """A new task's first stop, its parent's fork event seen: let it run."""
+        proc.started = True
+        if proc.settid:
+            self.write_pid(tid, proc.settid, self.procs.vpid(tid))
+            proc.settid = 0
+        self.resume(tid, proc)
+
+    def write_pid(self, tid: int, addr: int, vpid: int) -> None:
+        try:
+            self.platform.write(tid, addr, struct.pack("i", vpid))
+        except GuestFault:
+            pass  # Linux ignores a bad SETTID pointer too
 
     def on_exec(self, pid: int, proc: Process | None) -> None:
         former = self.platform.eventmsg(pid)
@@ -294,8 +393,9 @@ class Kernel:
             if old is not None and proc is not None:
                 proc.cred = old.cred
         if proc is not None:
-            proc.exec_pending = None
+            proc.exec_pending = proc.at_exit = None
             proc.extra["exe"] = proc.extra.pop("next_exe", None)
+            proc.extra["comm"] = proc.extra.pop("next_comm", None)
         self.resume(pid, proc)
 
     def on_seccomp_stop(self, pid: int, proc: Process | None) -> None:
@@ -306,7 +406,7 @@ class Kernel:
             return
         nr = regs.orig_rax
         entry = self.table.by_nr.get(nr)
-        if proc is None or entry is None or entry.disposition != PTRACE:
+        if proc is None or entry is None or entry.handler is None or entry.disposition == EMULATED:
             self.resume(pid, proc)  # a stop asked for by a filter of the guest's own
             return
         call = Call(self, proc, pid, nr, (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9), regs)
@@ -324,18 +424,31 @@ class Kernel:
         if result is not None:  # answered here: skip the syscall, set its result
             regs.orig_rax = 0xFFFFFFFFFFFFFFFF
             regs.rax = result & 0xFFFFFFFFFFFFFFFF
+        elif call.rewritten:
+            proc.at_exit = _restoring(call.args, proc.at_exit)
         platform.setregs(pid, regs)
         self.resume(pid, proc)
 
     def on_syscall_stop(self, pid: int, proc: Process | None) -> None:
-        """Trap-all mode (PTRACE_SYSEMU): every syscall stops here first.
+        """A call's exit, when a handler left work for it (proc.at_exit: a pid in
+        the result to translate); and in trap-all mode (PTRACE_SYSEMU) every
+        syscall stops here first.
 
-        The stop is shown, then the call is re-issued under PTRACE_SYSCALL so that
-        it takes the same path as in the fast mode (seccomp decides: native,
-        user-notify or RET_TRACE); back at its exit the guest returns to SYSEMU."""
+        In trap-all mode the stop is shown, then the call is re-issued under
+        PTRACE_SYSCALL so that it takes the same path as in the fast mode (seccomp
+        decides: native, user-notify or RET_TRACE); back at its exit the guest
+        returns to SYSEMU."""
         if proc is None:
             self.resume(pid, proc)
             return
+        if proc.at_exit is not None and (not proc.reexec or proc.extra.get("reexec_stage") == 1):
+            fix, proc.at_exit = proc.at_exit, None
+            regs = self.platform.getregs(pid)
+            fix(regs)
+            self.platform.setregs(pid, regs)
+            if not proc.reexec:
+                self.resume(pid, proc)
+                return
         if proc.reexec:
             stage = proc.extra.get("reexec_stage", 0)
             if stage == 0:      # the re-issued call's entry: let it run

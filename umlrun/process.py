@@ -1,16 +1,24 @@
 """ProcessTable: every guest thread the supervisor traces, with the state the
-guest kernel keeps for it (credentials, working directory, root).
+guest kernel keeps for it (credentials, working directory, root), and the
+guest's pid namespace.
 
 Keyed by host tid. Threads created with CLONE_FS share one FsState, as in
 Linux's fs_struct; credentials are per thread (glibc broadcasts set*id calls
 to every thread itself).
+
+Guest pids (PidNamespace): the first guest process is 1 and every new task
+takes the next number, as in a fresh Linux pid namespace. Every pid crossing
+the boundary is translated here: host -> guest with `vpid()`, guest -> host
+with `host_pid()`. A host pid that is not a guest's shows as 0, as a process
+outside a pid namespace does on Linux.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 
-CLONE_FS, CLONE_THREAD = 0x200, 0x10000
+CLONE_FS, CLONE_PARENT, CLONE_THREAD = 0x200, 0x8000, 0x10000
+FORGET_BATCH = 512   # dead pids swept at a time (see PidNamespace.died)
 
 
 @dataclass
@@ -45,6 +53,7 @@ class Process:
     tgid: int
     cred: Cred
     fs: FsState
+    parent: int = 0                # guest pid of its parent (0: the first process)
     started: bool = False          # its first ptrace stop has been seen and resumed
     known: bool = True             # its parent's fork event has been seen
     pending_stop: bool = False     # initial stop arrived before the parent's fork event
@@ -52,6 +61,8 @@ class Process:
     pidfd: int = -1
     reexec: bool = False           # trap-all mode: re-running a syscall natively
     fork_pending: bool = False     # a fork let through (--max-pids) whose child is not seen yet
+    at_exit: object = None         # callable(regs) run at this call's exit stop (pids to translate)
+    settid: int = 0                # CLONE_CHILD_SETTID word to rewrite at its first stop
     extra: dict = field(default_factory=dict)
 
     def get_pidfd(self) -> int:
@@ -72,10 +83,52 @@ class Process:
         return 0o022
 
 
+class PidNamespace:
+    """Host tid <-> guest tid. A dead task's pid stays known while it may still
+    name a process group or a session (swept in batches), and until the host
+    reuses the number."""
+
+    def __init__(self):
+        self.guest_of: dict[int, int] = {}
+        self.host_of: dict[int, int] = {}
+        self.last = 0
+        self.dead: list[int] = []
+
+    def add(self, host: int) -> int:
+        old = self.guest_of.get(host)
+        if old is not None:  # the host reused a dead task's number
+            del self.host_of[old]
+        self.last += 1
+        self.guest_of[host], self.host_of[self.last] = self.last, host
+        return self.last
+
+    def died(self, host: int, live_tgids) -> None:
+        """A task is gone. Its pid is forgotten later, in a sweep of the oldest
+        dead ones: a parent's wait4 may be returning it right now (the kernel
+        hands a traced child to its parent once the tracer has seen its exit),
+        and a process group or session may still be named after it."""
+        self.dead.append(host)
+        if len(self.dead) < 2 * FORGET_BATCH:
+            return
+        old, self.dead = self.dead[:FORGET_BATCH], self.dead[FORGET_BATCH:]
+        named = set()
+        for tgid in live_tgids():
+            try:
+                named.update((os.getpgid(tgid), os.getsid(tgid)))
+            except OSError:
+                pass
+        for h in old:
+            if h in named or os.path.exists(f"/proc/{h}"):  # a group or session name, or a zombie
+                self.dead.append(h)
+            elif h in self.guest_of:
+                del self.host_of[self.guest_of.pop(h)]
+
+
 class ProcessTable:
     def __init__(self):
         self.by_tid: dict[int, Process] = {}
         self.init: Process | None = None
+        self.ns = PidNamespace()
 
     def get(self, tid: int) -> Process | None:
         return self.by_tid.get(tid)
@@ -83,10 +136,12 @@ class ProcessTable:
     def add_init(self, pid: int, cred: Cred, cwd: tuple) -> Process:
         p = Process(pid, pid, cred, FsState(cwd=cwd), started=True)
         self.by_tid[pid] = self.init = p
+        self.ns.add(pid)
         return p
 
     def fork(self, parent: Process, child_tid: int, clone_flags: int) -> Process:
-        """Register a child from its parent's fork/vfork/clone event."""
+        """Register a child from its parent's fork/vfork/clone event; it takes the
+        next guest pid."""
         child = self.by_tid.get(child_tid)
         fs = parent.fs if clone_flags & CLONE_FS else parent.fs.copy()
         tgid = parent.tgid if clone_flags & CLONE_THREAD else child_tid
@@ -95,7 +150,34 @@ class ProcessTable:
             self.by_tid[child_tid] = child
         else:  # its initial stop came first
             child.tgid, child.cred, child.fs, child.known = tgid, parent.cred.copy(), fs, True
+        child.parent = parent.parent if clone_flags & (CLONE_THREAD | CLONE_PARENT) else self.vpid(parent.tgid)
+        self.ns.add(child_tid)
         return child
+
+    # ---- pid translation ---------------------------------------------------------
+
+    def vpid(self, host: int) -> int:
+        """The guest's name for a host pid (0: not a guest's)."""
+        return self.ns.guest_of.get(host, 0)
+
+    def host_pid(self, guest: int) -> int | None:
+        """The host pid behind a guest pid, live or a dead one still known."""
+        return self.ns.host_of.get(guest) if guest > 0 else None
+
+    def live(self, guest: int) -> Process | None:
+        """The live guest task with this guest pid."""
+        host = self.ns.host_of.get(guest) if guest > 0 else None
+        return self.by_tid.get(host) if host is not None else None
+
+    def vppid(self, proc: Process) -> int:
+        """getppid as the guest sees it: an orphan's parent is pid 1, as in a pid
+        namespace; the first process's is 0."""
+        if proc.parent == 0:
+            return 0
+        host = self.ns.host_of.get(proc.parent)
+        if host in self.by_tid or any(p.tgid == host for p in self.by_tid.values()):
+            return proc.parent
+        return 1
 
     def placeholder(self, tid: int) -> Process:
         """A stop from a tid whose parent's event we have not seen yet."""
@@ -105,8 +187,10 @@ class ProcessTable:
 
     def remove(self, tid: int) -> Process | None:
         p = self.by_tid.pop(tid, None)
-        if p is not None and p.pidfd >= 0:
-            os.close(p.pidfd)
+        if p is not None:
+            if p.pidfd >= 0:
+                os.close(p.pidfd)
+            self.ns.died(tid, self.tgids)
         return p
 
     def is_guest_pid(self, pid: int) -> bool:

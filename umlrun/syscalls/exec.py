@@ -34,10 +34,11 @@ RED_ZONE = 128
 
 
 class PreparedExec:
-    __slots__ = ("key", "hostfd", "guestfd", "plan", "program")
+    __slots__ = ("key", "hostfd", "guestfd", "plan", "program", "comm")
 
-    def __init__(self, key, hostfd, plan, program):
+    def __init__(self, key, hostfd, plan, program, comm):
         self.key, self.hostfd, self.guestfd, self.plan, self.program = key, hostfd, -1, plan, program
+        self.comm = comm
 
 
 def _open_program(k, c: Call, dirfd: int, path: bytes, follow: bool):
@@ -143,6 +144,14 @@ def prepare(k, c: Call, dirfd: int, path: bytes, flags: int):
     return fd, (None if plan == [ARGV0] else plan), program
 
 
+def _comm(fd: int, path: bytes) -> tuple[bytes, bytes]:
+    """(the name the kernel will give the task, the name Linux gives it): an exec
+    from a descriptor is named after the file it opens (the loader, or the
+    target of a symlink), while Linux names it after the path the guest gave."""
+    kernel = os.path.basename(os.readlink(b"/proc/self/fd/%d" % fd))[:15]
+    return kernel, os.path.basename(path)[:15]
+
+
 def _key(c: Call, nr: int):
     r = c.regs
     return (nr, r.rdi, r.rsi, r.rdx, r.r10, r.r8)
@@ -190,6 +199,7 @@ def _finish(k, c: Call, prep: PreparedExec, argv_addr: int, envp_addr: int) -> N
         c.write(empty, b"\0")
     # /proc/PID/exe must name the program, not the loader that runs it.
     c.proc.extra["next_exe"] = prep.program if prep.plan is not None else None
+    c.proc.extra["next_comm"] = prep.comm
     r.orig_rax = NR_EXECVEAT
     r.rdi, r.rsi, r.rdx, r.r10, r.r8 = prep.guestfd, empty, argv_ptr, envp_addr, AT_EMPTY_PATH
 
@@ -207,7 +217,7 @@ def _exec(k, c: Call, nr: int, dirfd: int, path_arg: int, argv: int, envp: int, 
     proc.exec_pending = None
     path = c.k.platform.read_string(c.pid, path_arg) if (path_arg or not flags & AT_EMPTY_PATH) else b""
     fd, plan, program = prepare(k, c, dirfd, path, flags)
-    proc.exec_pending = PreparedExec(key, fd, plan, program)
+    proc.exec_pending = PreparedExec(key, fd, plan, program, _comm(fd, path or program))
     c.regs.orig_rax = EXEC_FD_NR
     c.regs.rip -= 2
     return None
@@ -241,4 +251,7 @@ def sys_exec_fd(k, c: Call):
 def register(t) -> None:
     t.ptrace("execve", sys_execve, note="resolved in the guest VFS, executed from a descriptor")
     t.ptrace("execveat", sys_execveat, note="resolved in the guest VFS, executed from a descriptor")
-    t.private(EXEC_FD_NR, "umlrun_exec_fd", sys_exec_fd, note="step 2 of an exec: install the binary")
+    # Withdrawn by a signal: the guest's instruction pointer is already back on
+    # its exec, so the handler runs and then the exec is made again from step 1.
+    t.private(EXEC_FD_NR, "umlrun_exec_fd", sys_exec_fd, note="step 2 of an exec: install the binary",
+              withdrawn=lambda proc: proc.exec_pending.key[0])

@@ -10,27 +10,26 @@ unprivileged caller (EPERM) or ENOSYS where the kernel may lack it anyway.
 import errno
 
 NATIVE_CALLS = """
-read write close poll lseek mmap mprotect munmap brk rt_sigaction rt_sigprocmask rt_sigreturn
-ioctl pread64 pwrite64 readv writev pipe select sched_yield mremap msync mincore madvise
-shmget shmat shmctl dup dup2 pause nanosleep getitimer alarm setitimer getpid sendfile socket
-accept recvfrom recvmsg shutdown listen getsockname getpeername socketpair setsockopt getsockopt
-clone fork vfork exit wait4 semget semop semctl shmdt msgget msgsnd msgrcv msgctl fcntl flock
-fsync fdatasync ftruncate getdents umask gettimeofday getrlimit getrusage sysinfo times getppid
-getpgrp setsid getpgid getsid rt_sigpending rt_sigtimedwait rt_sigsuspend sigaltstack personality
-fstatfs mlock munlock mlockall munlockall prctl arch_prctl setrlimit sync gettid readahead
-fgetxattr flistxattr time futex set_thread_area io_setup io_destroy io_getevents io_submit
-io_cancel get_thread_area epoll_create remap_file_pages getdents64 set_tid_address
-sched_get_priority_max sched_get_priority_min restart_syscall semtimedop fadvise64 timer_create timer_settime timer_gettime timer_getoverrun
-timer_delete clock_gettime clock_getres clock_nanosleep exit_group epoll_wait epoll_ctl mbind
-set_mempolicy get_mempolicy mq_timedsend mq_timedreceive mq_notify mq_getsetattr waitid
+read write close poll lseek mmap mprotect munmap brk rt_sigaction rt_sigprocmask rt_sigreturn ioctl
+pread64 pwrite64 readv writev pipe select sched_yield mremap msync mincore madvise shmget shmat
+shmctl dup dup2 pause nanosleep getitimer alarm setitimer sendfile socket accept recvfrom recvmsg
+shutdown listen getsockname getpeername socketpair setsockopt getsockopt clone fork vfork exit
+semget semop semctl shmdt msgget msgsnd msgrcv msgctl fcntl flock fsync fdatasync ftruncate getdents
+umask gettimeofday getrlimit getrusage sysinfo times rt_sigpending rt_sigtimedwait rt_sigsuspend
+sigaltstack personality fstatfs mlock munlock mlockall munlockall prctl arch_prctl setrlimit sync
+readahead fgetxattr flistxattr time futex set_thread_area io_setup io_destroy io_getevents io_submit
+io_cancel get_thread_area epoll_create remap_file_pages getdents64 sched_get_priority_max
+sched_get_priority_min restart_syscall semtimedop fadvise64 timer_create timer_settime timer_gettime
+timer_getoverrun timer_delete clock_gettime clock_getres clock_nanosleep exit_group epoll_wait
+epoll_ctl mbind set_mempolicy get_mempolicy mq_timedsend mq_timedreceive mq_notify mq_getsetattr
 inotify_init inotify_rm_watch pselect6 ppoll set_robust_list splice tee sync_file_range vmsplice
 epoll_pwait signalfd timerfd_create eventfd fallocate timerfd_settime timerfd_gettime accept4
 signalfd4 eventfd2 epoll_create1 dup3 pipe2 inotify_init1 preadv pwritev recvmmsg syncfs getcpu
 seccomp getrandom memfd_create membarrier mlock2 copy_file_range preadv2 pwritev2 pkey_mprotect
-pkey_alloc pkey_free io_pgetevents rseq clone3 close_range pidfd_getfd process_madvise
-epoll_pwait2 landlock_create_ruleset landlock_add_rule landlock_restrict_self memfd_secret
-process_mrelease futex_waitv set_mempolicy_home_node cachestat map_shadow_stack futex_wake
-futex_wait futex_requeue lsm_get_self_attr lsm_list_modules mseal userfaultfd modify_ldt
+pkey_alloc pkey_free io_pgetevents rseq clone3 close_range pidfd_getfd process_madvise epoll_pwait2
+landlock_create_ruleset landlock_add_rule landlock_restrict_self memfd_secret process_mrelease
+futex_waitv set_mempolicy_home_node cachestat map_shadow_stack futex_wake futex_wait futex_requeue
+lsm_get_self_attr lsm_list_modules mseal userfaultfd modify_ldt
 """
 
 DENIED_EPERM = """

@@ -1,20 +1,24 @@
-"""Calls that name another process: kill and friends, process groups,
-priorities, scheduling, limits, cross-process memory.
+"""Calls that name another process: kill and friends, priorities,
+scheduling, limits, cross-process memory.
 
-A guest may only name guest processes: any other pid is ESRCH, so the guest
-can neither see nor signal the host's processes. Calls naming the caller
-itself (pid 0) are let through by the seccomp filter without trapping; here
-the pid is checked and the call then runs as made (its arguments are plain
-integers, so nothing can change between the check and the run).
+A guest names processes by guest pid, and may only name guest processes: any
+other pid is ESRCH, so the guest can neither see nor signal the host's
+processes. These calls stop in the tracer (RET_TRACE): the guest pid in the
+registers is replaced by the host pid and the call runs as the guest, so
+Linux's own permission checks apply and a signal's si_pid is the sender's
+(translated where it is delivered: Kernel.screen_signal). Calls naming the
+caller itself (pid 0) are let through by the seccomp filter without trapping.
 """
 from __future__ import annotations
 
 import errno
 import os
+import signal
 
 from sysemu._sysemu import ffi, lib
 from umlrun.kernel import CONTINUE, Call, SysError
 from umlrun.syscalls.files import guest_fd_link, s32
+from umlrun.syscalls.pids import host_of_group, host_of_live
 
 PRIO_PROCESS, PRIO_PGRP = 0, 1
 IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP = 1, 2
@@ -23,23 +27,18 @@ SIGINFO_SIZE = 128
 NR_PIDFD_SEND_SIGNAL = 424
 
 
-def _guest(k, pid: int) -> bool:
-    return pid > 0 and k.procs.is_guest_pid(pid)
-
-
-def _guest_pgrp(k, pgid: int) -> bool:
-    for tgid in k.procs.tgids():
-        try:
-            if os.getpgid(tgid) == pgid:
-                return True
-        except OSError:
-            pass
-    return False
-
-
 def _check_sig(sig: int) -> None:
     if sig < 0 or sig > MAX_SIG:
         raise SysError(errno.EINVAL)
+
+
+def _spares_init(k, host_tid: int, sig: int) -> bool:
+    """SIGKILL from inside never reaches pid 1, as in a pid namespace. (Other
+    signals pid 1 does not catch are dropped where they are delivered:
+    Kernel.screen_signal.)"""
+    init = k.procs.init
+    return sig == signal.SIGKILL and init is not None and k.procs.get(host_tid) is not None \
+        and k.procs.get(host_tid).tgid == init.tgid
 
 
 def sys_kill(k, c: Call):
@@ -47,9 +46,38 @@ def sys_kill(k, c: Call):
     _check_sig(sig)
     if pid == -1:
         return _kill_all(k, c, sig)
-    if pid == 0 or _guest(k, pid) or (pid < -1 and _guest_pgrp(k, -pid)):
-        return CONTINUE
-    raise SysError(errno.ESRCH)
+    if pid > 0:
+        host = host_of_live(k, pid)
+        if _spares_init(k, host, sig):
+            return 0
+        c.rewrite_arg(0, host)
+        return None
+    hpgid = os.getpgid(c.pid) if pid == 0 else host_of_group(k, -pid)
+    if hpgid is None:
+        raise SysError(errno.ESRCH)
+    init = k.procs.init
+    if sig == signal.SIGKILL and init is not None and _pgid(init.tgid) == hpgid:
+        return _kill_group(k, hpgid, sig, spare=init.tgid)
+    c.rewrite_arg(0, -hpgid)
+    return None
+
+
+def _pgid(tgid: int) -> int | None:
+    try:
+        return os.getpgid(tgid)
+    except OSError:
+        return None
+
+
+def _kill_group(k, hpgid: int, sig: int, spare: int) -> int:
+    """A process group holding pid 1 gets SIGKILL: every member but pid 1, on the guest's behalf."""
+    for tgid in k.procs.tgids() - {spare}:
+        if _pgid(tgid) == hpgid:
+            try:
+                os.kill(tgid, sig)
+            except OSError:
+                pass
+    return 0
 
 
 def _kill_all(k, c: Call, sig: int) -> int:
@@ -69,34 +97,45 @@ def _kill_all(k, c: Call, sig: int) -> int:
 
 
 def sys_tgkill(k, c: Call):
-    tgid, tid, sig = s32(c.args[0]), s32(c.args[1]), s32(c.args[2])
-    if tgid <= 0 or tid <= 0:
+    vtgid, vtid, sig = s32(c.args[0]), s32(c.args[1]), s32(c.args[2])
+    if vtgid <= 0 or vtid <= 0:
         raise SysError(errno.EINVAL)
     _check_sig(sig)
-    if _guest(k, tid) and k.procs.get(tid).tgid == tgid:
-        return CONTINUE
-    raise SysError(errno.ESRCH)
+    host = host_of_live(k, vtid)
+    if k.procs.get(host).tgid != k.procs.host_pid(vtgid):
+        raise SysError(errno.ESRCH)
+    if _spares_init(k, host, sig):
+        return 0
+    c.rewrite_arg(0, k.procs.host_pid(vtgid))
+    c.rewrite_arg(1, host)
+    return None
 
 
 def sys_tkill(k, c: Call):
-    tid = s32(c.args[0])
-    if tid <= 0:
+    vtid, sig = s32(c.args[0]), s32(c.args[1])
+    if vtid <= 0:
         raise SysError(errno.EINVAL)
-    _check_sig(s32(c.args[1]))
-    if not _guest(k, tid):
-        raise SysError(errno.ESRCH)
-    return CONTINUE
+    _check_sig(sig)
+    host = host_of_live(k, vtid)
+    if _spares_init(k, host, sig):
+        return 0
+    c.rewrite_arg(0, host)
+    return None
 
 
-def pid_arg(i: int, negative: int = errno.ESRCH):
-    """A handler for calls whose argument i names a process (0: the caller).
-    negative: Linux's answer for a negative pid (ESRCH from its pid lookup, or
-    EINVAL for the calls that check the sign first)."""
+def pid_args(*args: int, negative: int = errno.ESRCH):
+    """A handler for calls whose arguments `args` name processes (0: the caller):
+    each is rewritten to its host pid before the call runs. negative: Linux's
+    answer for a negative pid (ESRCH from its pid lookup, or EINVAL for the
+    calls that check the sign first)."""
     def handler(k, c: Call):
-        pid = s32(c.args[i])
-        if pid == 0 or _guest(k, pid):
-            return CONTINUE
-        raise SysError(errno.ESRCH if pid > 0 else negative)
+        for i in args:
+            vpid = s32(c.args[i])
+            if vpid < 0:
+                raise SysError(negative)
+            if vpid > 0:
+                c.rewrite_arg(i, host_of_live(k, vpid))
+        return None
     return handler
 
 
@@ -104,9 +143,13 @@ def who_arg(process: int, pgrp: int):
     """getpriority/setpriority/ioprio_*: (which, who) pairs."""
     def handler(k, c: Call):
         which, who = s32(c.args[0]), s32(c.args[1])
-        if who == 0 or (which == process and _guest(k, who)) or (which == pgrp and _guest_pgrp(k, who)):
-            return CONTINUE
-        raise SysError(errno.ESRCH)
+        if who > 0 and which == process:
+            c.rewrite_arg(1, host_of_live(k, who))
+        elif who > 0 and which == pgrp and host_of_group(k, who) is not None:
+            c.rewrite_arg(1, host_of_group(k, who))
+        elif who != 0:
+            raise SysError(errno.ESRCH)
+        return None
     return handler
 
 
@@ -121,7 +164,7 @@ def sys_pidfd_send_signal(k, c: Call):
     procdir, _, name = link.rpartition(b"/")
     if procdir != k.procfs.dir or not name.isdigit():
         raise SysError(errno.EBADF)
-    proc = k.procs.get(int(name))
+    proc = k.procs.live(int(name))
     if proc is None:  # the process has gone
         raise SysError(errno.ESRCH)
     _check_sig(sig)
@@ -132,43 +175,23 @@ def sys_pidfd_send_signal(k, c: Call):
     return 0
 
 
-def sys_setpgid(k, c: Call):
-    pid, pgid = s32(c.args[0]), s32(c.args[1])
-    if pgid < 0:
-        raise SysError(errno.EINVAL)
-    if pid and not _guest(k, pid):
-        raise SysError(errno.ESRCH)
-    if pgid in (0, pid or c.proc.tgid) or _guest_pgrp(k, pgid):
-        return CONTINUE
-    raise SysError(errno.EPERM)
-
-
-def sys_kcmp(k, c: Call):
-    if _guest(k, s32(c.args[0])) and _guest(k, s32(c.args[1])):
-        return CONTINUE
-    raise SysError(errno.ESRCH)
-
-
 def register(t) -> None:
-    t.emulate("kill", sys_kill, note="guest pids only")
-    t.emulate("tkill", sys_tkill, note="guest pids only")
-    t.emulate("tgkill", sys_tgkill, note="guest pids only")
-    t.emulate("rt_sigqueueinfo", pid_arg(0), note="guest pids only")
-    t.emulate("rt_tgsigqueueinfo", pid_arg(0), note="guest pids only")
-    t.emulate("pidfd_open", pid_arg(0, errno.EINVAL), note="guest pids only")
+    t.ptrace("kill", sys_kill, note="guest pids; pid 1 is spared as a namespace's init")
+    t.ptrace("tkill", sys_tkill, note="guest pids")
+    t.ptrace("tgkill", sys_tgkill, note="guest pids")
+    t.ptrace("rt_sigqueueinfo", pid_args(0), note="guest pids")
+    t.ptrace("rt_tgsigqueueinfo", pid_args(0, 1), note="guest pids")
+    t.ptrace("pidfd_open", pid_args(0, negative=errno.EINVAL), note="guest pids")
     t.emulate("pidfd_send_signal", sys_pidfd_send_signal, note="pidfds name guest processes; /proc/PID fds too")
-    t.emulate("setpgid", sys_setpgid, note="guest process groups only")
-    t.emulate("kcmp", sys_kcmp, note="guest pids only")
+    t.ptrace("kcmp", pid_args(0, 1), note="guest pids")
     sign_checked = ("sched_setscheduler", "sched_getscheduler", "sched_setparam", "sched_getparam",
                     "sched_rr_get_interval", "sched_setattr", "sched_getattr")
     for name in sign_checked + ("sched_setaffinity", "sched_getaffinity", "prlimit64", "get_robust_list",
                                 "move_pages", "process_vm_readv", "process_vm_writev"):
-        t.emulate(name, pid_arg(0, errno.EINVAL if name in sign_checked else errno.ESRCH),
-                  note="guest pids only; the caller itself does not trap",
-                  native_if_zero=0 if name not in ("process_vm_readv", "process_vm_writev") else None)
-    t.emulate("getpriority", who_arg(PRIO_PROCESS, PRIO_PGRP), note="guest pids only", native_if_zero=1)
-    t.emulate("setpriority", who_arg(PRIO_PROCESS, PRIO_PGRP), note="guest pids only", native_if_zero=1)
-    t.emulate("ioprio_get", who_arg(IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP), note="guest pids only",
-              native_if_zero=1)
-    t.emulate("ioprio_set", who_arg(IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP), note="guest pids only",
-              native_if_zero=1)
+        t.ptrace(name, pid_args(0, negative=errno.EINVAL if name in sign_checked else errno.ESRCH),
+                 note="guest pids; the caller itself does not trap",
+                 native_if_zero=0 if name not in ("process_vm_readv", "process_vm_writev") else None)
+    for name in ("getpriority", "setpriority"):
+        t.ptrace(name, who_arg(PRIO_PROCESS, PRIO_PGRP), note="guest pids", native_if_zero=1)
+    for name in ("ioprio_get", "ioprio_set"):
+        t.ptrace(name, who_arg(IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP), note="guest pids", native_if_zero=1)

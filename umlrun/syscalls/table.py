@@ -56,8 +56,13 @@ class Syscall:
     disposition: str = DENIED
     errno: int = errno.ENOSYS          # for DENIED
     handler: Callable | None = None    # for EMULATED / PTRACE
-    native_if_zero: int | None = None  # EMULATED, but the filter lets it run natively when this arg is 0
-    refuse: tuple = ()                 # NATIVE, but the filter answers (arg index, value, errno) itself
+    native_if_zero: int | None = None  # EMULATED/PTRACE, but the filter lets it run natively when this arg is 0
+    # NATIVE, except single values of an int argument: (arg index, value, ("errno", E) or ("trace", 0));
+    # a traced value stops in the tracer and goes to the handler.
+    int_rules: tuple = ()
+    # A private call a signal withdrew before the supervisor took it: the value
+    # rax gets instead of a restart, callable(proc) (None: restart it).
+    withdrawn: Callable | None = None
     note: str = ""
     signature: tuple = field(default=())
 
@@ -98,9 +103,17 @@ class SyscallTable:
             self._set(name, NATIVE, note=note)
 
     def refuse(self, name: str, arg: int, value: int, err: int, why: str) -> None:
-        """A native call, except one argument value the filter answers with err."""
+        """A native call, except one int argument value the filter answers with err."""
         entry = self.by_name[name]
-        entry.refuse += ((arg, value, err),)
+        entry.int_rules += ((arg, value, ("errno", err)),)
+        entry.note = f"{entry.note}; {why}"
+
+    def trace_when(self, name: str, arg: int, values: tuple, handler: Callable, why: str) -> None:
+        """A native call, except these int argument values, which stop in the tracer
+        (RET_TRACE) and go to handler."""
+        entry = self.by_name[name]
+        entry.int_rules += tuple((arg, v, ("trace", 0)) for v in values)
+        entry.handler = handler
         entry.note = f"{entry.note}; {why}"
 
     def deny(self, names: str, err: int, note: str) -> None:
@@ -110,8 +123,8 @@ class SyscallTable:
     def emulate(self, name: str, handler: Callable, note: str = "", native_if_zero: int | None = None):
         self._set(name, EMULATED, handler=handler, note=note, native_if_zero=native_if_zero)
 
-    def ptrace(self, name: str, handler: Callable, note: str = "") -> None:
-        self._set(name, PTRACE, handler=handler, note=note)
+    def ptrace(self, name: str, handler: Callable, note: str = "", native_if_zero: int | None = None):
+        self._set(name, PTRACE, handler=handler, note=note, native_if_zero=native_if_zero)
 
     def _set(self, name: str, disposition: str, **kw) -> None:
         entry = self.by_name[name]
@@ -121,9 +134,9 @@ class SyscallTable:
         entry.native_if_zero = kw.get("native_if_zero")
         entry.note = kw.get("note", "")
 
-    def private(self, nr: int, name: str, handler: Callable, note: str) -> None:
+    def private(self, nr: int, name: str, handler: Callable, note: str, withdrawn: Callable | None = None):
         """A number no Linux syscall uses, produced only by the supervisor itself."""
-        entry = Syscall(nr, name, EMULATED, handler=handler, note=note)
+        entry = Syscall(nr, name, EMULATED, handler=handler, note=note, withdrawn=withdrawn)
         self.by_nr[nr] = self.by_name[name] = entry
 
 
@@ -135,6 +148,7 @@ def build_table() -> SyscallTable:
         files,
         identity,
         namespace,
+        pids,
         policy,
         signals,
         sockets,
@@ -143,6 +157,6 @@ def build_table() -> SyscallTable:
     )
     table = SyscallTable()
     policy.register(table)
-    for family in (files, statcalls, namespace, attrs, exec, identity, signals, system, sockets):
+    for family in (files, statcalls, namespace, attrs, exec, identity, pids, signals, system, sockets):
         family.register(table)
     return table

@@ -1,0 +1,180 @@
+/* pids: the process world as the guest sees it, one stable line per case.
+ *
+ * Run as the first process of a fresh pid namespace (natively: unshare
+ * --pid --fork --mount-proc; jailed: umlrun), every number printed must be
+ * the same: pids are handed out 1, 2, 3... in creation order.
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "probe.h"
+
+static volatile sig_atomic_t usr1_from, chld_from, thread_hit;
+
+static void on_signal(int sig, siginfo_t *si, void *ctx)
+{
+    (void)ctx;
+    if (sig == SIGUSR1)
+        usr1_from = si->si_pid;
+    else
+        chld_from = si->si_pid;
+}
+
+static void on_thread_signal(int sig)
+{
+    (void)sig;
+    thread_hit = syscall(SYS_gettid);
+}
+
+static void catch(int sig, void (*fn)(int, siginfo_t *, void *))
+{
+    struct sigaction sa = {.sa_sigaction = fn, .sa_flags = SA_SIGINFO | SA_RESTART};
+    sigaction(sig, &sa, NULL);
+}
+
+static pid_t spawn(void (*child)(void))
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        child();
+        fflush(stdout);
+        _exit(0);
+    }
+    return pid;
+}
+
+static int reap(pid_t pid)
+{
+    int status = -1;
+    pid_t r = waitpid(pid, &status, 0);
+    printf("waitpid %d status %d\n", (int)r, WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status));
+    return status;
+}
+
+static void child_ids(void)
+{
+    printf("child pid %d ppid %d tid %ld\n", getpid(), getppid(), syscall(SYS_gettid));
+    char buf[64] = {0};
+    readlink("/proc/self", buf, sizeof buf - 1);
+    printf("child /proc/self -> %s\n", buf);
+}
+
+static void child_signals_parent(void)
+{
+    kill(getppid(), SIGUSR1);
+}
+
+static void child_signals_init(void)
+{
+    /* pid 1 catches none of these: in a pid namespace they never reach it */
+    printf("kill init TERM %d\n", kill(1, SIGTERM));
+    printf("kill init KILL %d\n", kill(1, SIGKILL));
+}
+
+static void orphan_maker(void)
+{
+    fflush(stdout);
+    if (fork() == 0) {           /* the grandchild outlives its parent */
+        for (int i = 0; i < 500 && getppid() != 1; i++)
+            usleep(10000);
+        printf("orphan ppid %d\n", getppid());
+        fflush(stdout);
+        _exit(0);
+    }
+    _exit(0);
+}
+
+static void *thread_main(void *arg)
+{
+    (void)arg;
+    printf("thread tid %ld pid %d\n", syscall(SYS_gettid), getpid());
+    fflush(stdout);
+    while (!thread_hit)
+        usleep(1000);
+    return NULL;
+}
+
+int main(void)
+{
+    printf("getpid %d getppid %d gettid %ld\n", getpid(), getppid(), syscall(SYS_gettid));
+    ck("setpgid self", setpgid(0, 0));
+    printf("getpgrp %d getsid %d\n", getpgrp(), getsid(0));
+    char buf[256] = {0};
+    readlink("/proc/self", buf, sizeof buf - 1);
+    printf("/proc/self -> %s\n", buf);
+
+    reap(spawn(child_ids));                                    /* pid 2 */
+
+    pid_t ptid = 0, ctid = 0;
+    fflush(stdout);
+    long c = syscall(SYS_clone, CLONE_PARENT_SETTID | CLONE_CHILD_SETTID | SIGCHLD, 0, &ptid, &ctid, 0);
+    if (c == 0) {                                              /* pid 3 */
+        printf("clone child ctid %d getpid %d\n", ctid, getpid());
+        fflush(stdout);
+        _exit(3);
+    }
+    printf("clone returned %ld ptid %d\n", c, ptid);
+    reap(c);
+
+    catch(SIGUSR1, on_signal);
+    catch(SIGCHLD, on_signal);
+    pid_t k = spawn(child_signals_parent);                     /* pid 4 */
+    while (!usr1_from || !chld_from)
+        usleep(1000);
+    printf("SIGUSR1 from %d SIGCHLD from %d (child %d)\n", usr1_from, chld_from, k);
+    siginfo_t si = {0};
+    ck("waitid", waitid(P_PID, k, &si, WEXITED));
+    printf("waitid si_pid %d code %d\n", si.si_pid, si.si_code);
+    signal(SIGCHLD, SIG_DFL);
+
+    reap(spawn(child_signals_init));                           /* pid 5 */
+    printf("init survived\n");
+
+    reap(spawn(orphan_maker));                                 /* pids 6, 7 */
+    sleep(1);
+
+    pthread_t th;                                              /* tid 8 */
+    signal(SIGUSR2, on_thread_signal);
+    pthread_create(&th, NULL, thread_main, NULL);
+    usleep(100000);
+    pthread_kill(th, SIGUSR2);
+    pthread_join(th, NULL);
+    printf("pthread_kill reached tid %d\n", (int)thread_hit);
+
+    fflush(stdout);
+    pid_t sleeper = fork();                                    /* pid 9 */
+    if (sleeper == 0) {
+        pause();
+        _exit(0);
+    }
+    cpu_set_t set;
+    ck("sched_getaffinity child", sched_getaffinity(sleeper, sizeof set, &set));
+    struct rlimit rl;
+    ck("prlimit child", prlimit(sleeper, RLIMIT_NOFILE, NULL, &rl));
+    errno = 0;
+    getpriority(PRIO_PROCESS, sleeper);
+    ck("getpriority child", errno ? -1 : 0);
+    ck("setpgid child", setpgid(sleeper, sleeper));
+    printf("getpgid child %d\n", getpgid(sleeper));
+    ck("kill child 0", kill(sleeper, 0));
+    ck("kill group 0", kill(-sleeper, 0));
+    ck("pidfd_open child", syscall(SYS_pidfd_open, sleeper, 0));
+    ck("kill 99999", kill(99999, 0));
+    ck("kill -99999", kill(-99999, 0));
+    ck("tgkill wrong group", syscall(SYS_tgkill, 1, sleeper, 0));
+    ck("getpgid 99999", getpgid(99999));
+    ck("kill all", kill(-1, SIGTERM));
+    reap(sleeper);
+    printf("done\n");
+    return 0;
+}
