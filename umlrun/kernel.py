@@ -65,7 +65,7 @@ _GROUP_STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SI
 _SI_USER, _SI_QUEUE, _SI_MESGQ, _SI_TKILL = 0, -1, -3, -6  # si_code values
 
 
-def _catches(tgid: int, sig: int) -> bool:
+def catches(tgid: int, sig: int) -> bool:
     """Whether the process has a handler for sig (SigCgt in its status)."""
     try:
         with open(f"/proc/{tgid}/status", "rb") as f:
@@ -140,6 +140,8 @@ class Kernel:
         # user, and files it creates are handed to that user.
         self.chown_to = (guest_host_uid, guest_host_gid) if guest_host_uid is not None else None
         self.exit_status: int | None = None
+        self.me = os.getpid()
+        self.senders: dict[tuple[int, int], tuple[int, int]] = {}  # (host task, sig) -> (guest pid, uid)
         self.placeholder_dir: str | None = None  # for files standing in for unhandable objects
         self._placeholders = 0
 
@@ -299,28 +301,42 @@ class Kernel:
                 self.platform.setregs(pid, regs)
         self.resume(pid, proc, self.screen_signal(pid, proc, sig))
 
+    def signal_from(self, target: int, sig: int, sender: Process) -> None:
+        """The supervisor sends sig to target on a guest's behalf: remember who,
+        to name the sender where the signal is delivered."""
+        self.senders[(target, sig)] = (self.procs.vpid(sender.tgid), sender.cred.ruid)
+
     def screen_signal(self, pid: int, proc: Process | None, sig: int) -> int:
         """The signal to deliver (0: none), its sender named as the guest names it.
 
-        As in a pid namespace, pid 1 never gets a signal it does not catch from
-        another guest process (or itself). si_pid/si_uid that the kernel filled
-        with host values (kill, tkill, a child's SIGCHLD, a message queue) are
-        rewritten; a sender outside the jail (the user, the supervisor) is pid 0,
-        as a sender outside a pid namespace is on Linux."""
+        si_pid/si_uid that the kernel filled in (kill, tkill, a child's SIGCHLD,
+        a message queue) become the guest's: a signal the supervisor sent on a
+        guest's behalf names that guest; one from outside the jail (the user,
+        umlrun forwarding it) names pid 0, as a sender outside a pid namespace
+        does on Linux. As a namespace's init, pid 1 never gets a signal it does
+        not catch from inside the jail (itself included)."""
         info = self.platform.getsiginfo(pid)
         if info is None:
             return sig
         signo, _, code, host_pid, host_uid = struct.unpack_from("iiixxxxiI", info)
+        sender = None
+        if code in (_SI_USER, _SI_TKILL) and host_pid == self.me:
+            sender = self.senders.pop((pid, sig), None)
+            if sender is None and proc is not None:
+                sender = self.senders.pop((proc.tgid, sig), None)
+            inside = sender is not None
+            sender = sender or (0, 0)
+        elif code in (_SI_USER, _SI_TKILL, _SI_MESGQ) or (signo == signal.SIGCHLD and code > 0):
+            sender = (self.procs.vpid(host_pid), self.guest_uid(host_pid, host_uid))
+            inside = sender[0] != 0
+        else:
+            inside = code == _SI_QUEUE  # its si_pid is whatever the sender wrote
         init = self.procs.init
-        if (proc is not None and init is not None and proc.tgid == init.tgid
-                and (code == _SI_QUEUE or (code in (_SI_USER, _SI_TKILL) and self.procs.vpid(host_pid)))
-                and not _catches(init.tgid, sig)):
+        if (inside and code in (_SI_USER, _SI_TKILL, _SI_QUEUE) and proc is not None and init is not None
+                and proc.tgid == init.tgid and not catches(init.tgid, sig)):
             return 0
-        if code in (_SI_USER, _SI_TKILL, _SI_MESGQ) or (signo == signal.SIGCHLD and code > 0):
-            uid = self.guest_uid(host_pid, host_uid)
-            vpid = self.procs.vpid(host_pid)
-            if (vpid, uid) != (host_pid, host_uid):
-                self.platform.setsiginfo(pid, info[:16] + struct.pack("iI", vpid, uid) + info[24:])
+        if sender is not None and sender != (host_pid, host_uid):
+            self.platform.setsiginfo(pid, info[:16] + struct.pack("iI", *sender) + info[24:])
         return sig
 
     def guest_uid(self, host_pid: int, host_uid: int) -> int:

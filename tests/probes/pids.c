@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -169,6 +170,22 @@ int main(void)
     ck("kill child 0", kill(sleeper, 0));
     ck("kill group 0", kill(-sleeper, 0));
     ck("pidfd_open child", syscall(SYS_pidfd_open, sleeper, 0));
+    int sv[2];
+    socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+    struct ucred cred = {0};
+    socklen_t len = sizeof cred;
+    ck("SO_PEERCRED", getsockopt(sv[0], SOL_SOCKET, SO_PEERCRED, &cred, &len));
+    printf("peer pid %d uid %d gid %d\n", cred.pid, cred.uid, cred.gid);
+    ck("F_SETOWN child", fcntl(sv[0], F_SETOWN, sleeper));
+    printf("F_GETOWN %d\n", fcntl(sv[0], F_GETOWN));
+    ck("F_SETOWN group", fcntl(sv[0], F_SETOWN, -sleeper));
+    printf("F_GETOWN %d\n", fcntl(sv[0], F_GETOWN));
+    ck("F_SETOWN 99999", fcntl(sv[0], F_SETOWN, 99999));
+    struct f_owner_ex owner = {F_OWNER_PGRP, sleeper};
+    ck("F_SETOWN_EX group", fcntl(sv[0], F_SETOWN_EX, &owner));
+    owner.pid = 0;
+    ck("F_GETOWN_EX", fcntl(sv[0], F_GETOWN_EX, &owner));
+    printf("F_GETOWN_EX type %d pid %d\n", owner.type, owner.pid);
     ck("kill 99999", kill(99999, 0));
     ck("kill -99999", kill(-99999, 0));
     ck("tgkill wrong group", syscall(SYS_tgkill, 1, sleeper, 0));

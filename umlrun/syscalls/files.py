@@ -259,6 +259,8 @@ def merged_listing(d):
     return ovl.merged_listing(h, d.comps[len(d.mount.guest):])
 
 def do_open(k, call: Call, dirfd: int, path: bytes, flags: int, mode: int, resolve: int = 0):
+    if flags & os.O_PATH:  # Linux ignores every other flag but these (O_CREAT included)
+        flags &= os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     acc = flags & os.O_ACCMODE
     creat = bool(flags & os.O_CREAT)
     tmpfile = bool(flags & __O_TMPFILE)

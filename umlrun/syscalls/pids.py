@@ -13,6 +13,7 @@ the registers are the call.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import struct
 
@@ -21,7 +22,11 @@ from umlrun.syscalls.files import s32
 
 P_ALL, P_PID, P_PGID = 0, 1, 2
 TIOCGPGRP, TIOCSPGRP, TIOCGSID = 0x540F, 0x5410, 0x5429
-SI_PID_OFFSET = 16   # si_pid, then si_uid, in a siginfo_t
+SOL_SOCKET, SO_PEERCRED = 1, 17
+F_SETOWN, F_GETOWN, F_SETOWN_EX, F_GETOWN_EX = 8, 9, 15, 16
+F_OWNER_PGRP = 2
+SI_PID_OFFSET = 16
+NO_PID = 0x7FFFFFFF  # above PID_MAX_LIMIT: no process has it   # si_pid, then si_uid, in a siginfo_t
 
 
 def _positive(regs) -> int:
@@ -153,34 +158,106 @@ def sys_waitid(k, c: Call):
     c.proc.at_exit = fix
 
 
+def _pid_in_memory_for_call(k, c: Call, addr: int, host: int, guest: int) -> None:
+    """A pid the call reads from guest memory: the host's is written there for
+    the call, and the guest's put back at its exit."""
+    c.write(addr, struct.pack("i", host))
+
+    def restore(regs, tid=c.pid):
+        try:
+            k.platform.write(tid, addr, struct.pack("i", guest))
+        except OSError:
+            pass
+    c.proc.at_exit = restore
+
+
+def _pid_in_memory_from_call(k, c: Call, addr: int) -> None:
+    """A pid the call writes to guest memory: made the guest's at its exit."""
+    def fix(regs, tid=c.pid):
+        if regs.rax != 0:
+            return
+        try:
+            host = struct.unpack("i", k.platform.read(tid, addr, 4))[0]
+            k.platform.write(tid, addr, struct.pack("i", k.procs.vpid(host)))
+        except OSError:
+            pass
+    c.proc.at_exit = fix
+
+
 def sys_ioctl_pgrp(k, c: Call):
     """The terminal's foreground process group and session (tcgetpgrp,
     tcsetpgrp, tcgetsid): the int they pass is a pgid, rewritten in place."""
     cmd, ptr = c.args[1] & 0xFFFFFFFF, c.args[2]
     if cmd == TIOCSPGRP:
         vpgid = struct.unpack("i", c.read(ptr, 4))[0]
-        host = host_of_group(k, vpgid) if vpgid > 0 else None
-        if host is None:
-            raise SysError(errno.EINVAL if vpgid < 0 else errno.ESRCH)
-        c.write(ptr, struct.pack("i", host))
+        host = host_of_group(k, vpgid) if vpgid > 0 else vpgid
+        # No such group: a number past any pid_max, so that Linux still checks the
+        # descriptor first (EBADF, ENOTTY) and then answers ESRCH itself.
+        _pid_in_memory_for_call(k, c, ptr, NO_PID if host is None else host, vpgid)
+    else:
+        _pid_in_memory_from_call(k, c, ptr)
 
-        def restore(regs, tid=c.pid):
-            try:
-                k.platform.write(tid, ptr, struct.pack("i", vpgid))
-            except OSError:
-                pass
-        c.proc.at_exit = restore
-        return
+
+def sys_getsockopt_peercred(k, c: Call):
+    """SO_PEERCRED: the peer's pid and ids as the guest names them (pid 0 for
+    a peer outside the jail)."""
+    level, optname, optval = s32(c.args[1]), s32(c.args[2]), c.args[3]
+    if level != SOL_SOCKET or optname != SO_PEERCRED or not optval:
+        return None
 
     def fix(regs, tid=c.pid):
         if regs.rax != 0:
             return
         try:
-            host = struct.unpack("i", k.platform.read(tid, ptr, 4))[0]
-            k.platform.write(tid, ptr, struct.pack("i", k.procs.vpid(host)))
+            pid, uid, gid = struct.unpack("iII", k.platform.read(tid, optval, 12))
+            peer = k.procs.get(pid)
+            gid = peer.cred.rgid if peer is not None else (0 if gid in k.own_gids else gid)
+            k.platform.write(tid, optval, struct.pack("iII", k.procs.vpid(pid), k.guest_uid(pid, uid), gid))
         except OSError:
             pass
     c.proc.at_exit = fix
+    return None
+
+
+def sys_fcntl_owner(k, c: Call):
+    """F_SETOWN/F_GETOWN: the process (> 0) or process group (< 0) that gets
+    SIGIO; F_SETOWN_EX/F_GETOWN_EX: the same as a {type, pid} struct (glibc's
+    F_GETOWN is made of one)."""
+    cmd = s32(c.args[1])
+    if cmd in (F_SETOWN_EX, F_GETOWN_EX):
+        addr = c.args[2] + 4  # struct f_owner_ex {int type; pid_t pid;}
+        if cmd == F_GETOWN_EX:
+            _pid_in_memory_from_call(k, c, addr)
+            return None
+        # Set on the guest's behalf, from the struct read once: written back into
+        # guest memory for the call, a racing thread could name a host process.
+        kind, vpid = struct.unpack("ii", c.read(c.args[2], 8))
+        host = (host_of_group(k, vpid) if kind == F_OWNER_PGRP else host_of_live(k, vpid)) if vpid > 0 else vpid
+        if host is None:
+            raise SysError(errno.ESRCH)
+        fd = k.guest_fd(c, s32(c.args[0]))
+        try:
+            fcntl.fcntl(fd, F_SETOWN_EX, struct.pack("ii", kind, host))
+        finally:
+            os.close(fd)
+        return 0
+    if cmd == F_SETOWN:
+        owner = s32(c.args[2])
+        if owner > 0:
+            c.rewrite_arg(2, host_of_live(k, owner))
+        elif owner < 0:
+            host = host_of_group(k, -owner)
+            if host is None:
+                raise SysError(errno.ESRCH)
+            c.rewrite_arg(2, -host)
+        return None
+
+    def fix(regs):
+        owner = s32(regs.rax)
+        if owner and k.procs.vpid(abs(owner)):
+            regs.rax = (k.procs.vpid(abs(owner)) * (1 if owner > 0 else -1)) & 0xFFFFFFFFFFFFFFFF
+    c.proc.at_exit = fix
+    return None
 
 
 def register(t) -> None:
@@ -197,3 +274,6 @@ def register(t) -> None:
     t.ptrace("waitid", sys_waitid, note="guest pids both ways (siginfo too)")
     t.trace_when("ioctl", 1, (TIOCGPGRP, TIOCSPGRP, TIOCGSID), sys_ioctl_pgrp,
                  "TIOCGPGRP/TIOCSPGRP/TIOCGSID in guest pids")
+    t.trace_when("getsockopt", 2, (SO_PEERCRED,), sys_getsockopt_peercred, "SO_PEERCRED in guest pids")
+    t.trace_when("fcntl", 1, (F_SETOWN, F_GETOWN, F_SETOWN_EX, F_GETOWN_EX), sys_fcntl_owner,
+                 "F_SETOWN/F_GETOWN(_EX) in guest pids")

@@ -3,20 +3,28 @@ scheduling, limits, cross-process memory.
 
 A guest names processes by guest pid, and may only name guest processes: any
 other pid is ESRCH, so the guest can neither see nor signal the host's
-processes. These calls stop in the tracer (RET_TRACE): the guest pid in the
+processes.
+
+kill, tkill and tgkill are sent by the supervisor on the guest's behalf,
+after Linux's permission check on the guest's credentials; the sender is
+remembered and named in the siginfo where the signal is delivered
+(Kernel.screen_signal). Sending from inside the trap, then answering, keeps
+the time between the signal's birth and the guest's return as short as for a
+native call: a signal a program raises at itself with the signal blocked
+(raise()) must not be lost to a handler change meanwhile.
+
+The other calls stop in the tracer (RET_TRACE): the guest pid in the
 registers is replaced by the host pid and the call runs as the guest, so
-Linux's own permission checks apply and a signal's si_pid is the sender's
-(translated where it is delivered: Kernel.screen_signal). Calls naming the
-caller itself (pid 0) are let through by the seccomp filter without trapping.
+Linux's own checks apply. Calls naming the caller itself (pid 0) are let
+through by the seccomp filter without trapping.
 """
 from __future__ import annotations
 
 import errno
 import os
-import signal
 
 from sysemu._sysemu import ffi, lib
-from umlrun.kernel import CONTINUE, Call, SysError
+from umlrun.kernel import CONTINUE, Call, SysError, catches
 from umlrun.syscalls.files import guest_fd_link, s32
 from umlrun.syscalls.pids import host_of_group, host_of_live
 
@@ -24,7 +32,7 @@ PRIO_PROCESS, PRIO_PGRP = 0, 1
 IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP = 1, 2
 MAX_SIG = 64
 SIGINFO_SIZE = 128
-NR_PIDFD_SEND_SIGNAL = 424
+NR_PIDFD_SEND_SIGNAL, NR_TGKILL = 424, 234
 
 
 def _check_sig(sig: int) -> None:
@@ -32,34 +40,72 @@ def _check_sig(sig: int) -> None:
         raise SysError(errno.EINVAL)
 
 
-def _spares_init(k, host_tid: int, sig: int) -> bool:
-    """SIGKILL from inside never reaches pid 1, as in a pid namespace. (Other
-    signals pid 1 does not catch are dropped where they are delivered:
-    Kernel.screen_signal.)"""
+def _may_signal(sender, target) -> bool:
+    """Linux's permission to signal, on the guest's credentials."""
+    return sender.euid == 0 or bool({sender.euid, sender.ruid} & {target.ruid, target.suid})
+
+
+def _init_ignores(k, target, sig: int) -> bool:
+    """Pid 1 does not get what it does not catch from inside the jail (itself
+    included), as a pid namespace's init; SIGKILL and SIGSTOP neither."""
     init = k.procs.init
-    return sig == signal.SIGKILL and init is not None and k.procs.get(host_tid) is not None \
-        and k.procs.get(host_tid).tgid == init.tgid
+    return sig != 0 and init is not None and target.tgid == init.tgid and not catches(init.tgid, sig)
+
+
+def _send(k, c: Call, target, sig: int, thread: bool = False) -> bool:
+    """Send sig to one guest task on the caller's behalf (the whole process
+    unless thread). False when the caller may not signal it."""
+    if not _may_signal(c.proc.cred, target.cred):
+        return False
+    if sig == 0 or _init_ignores(k, target, sig):
+        return True  # nothing to send
+    k.signal_from(target.tid if thread else target.tgid, sig, c.proc)
+    if thread:
+        r = lib.sysemu_syscall6(NR_TGKILL, target.tgid, target.tid, sig, 0, 0, 0)
+        if r < 0:
+            raise SysError(-r)
+    else:
+        os.kill(target.tgid, sig)
+    return True
+
+
+def _send_each(k, c: Call, targets, sig: int) -> int:
+    """A signal to several processes: success if one could be signalled (EPERM
+    if none; ESRCH if there were none)."""
+    sent = tried = False
+    for target in targets:
+        tried = True
+        try:
+            sent |= _send(k, c, target, sig)
+        except OSError:
+            pass
+    if not sent:
+        raise SysError(errno.EPERM if tried else errno.ESRCH)
+    return 0
+
+
+def _leaders(k):
+    for tgid in k.procs.tgids():
+        proc = k.procs.get(tgid)
+        if proc is not None:
+            yield proc
 
 
 def sys_kill(k, c: Call):
     pid, sig = s32(c.args[0]), s32(c.args[1])
     _check_sig(sig)
-    if pid == -1:
-        return _kill_all(k, c, sig)
     if pid > 0:
-        host = host_of_live(k, pid)
-        if _spares_init(k, host, sig):
-            return 0
-        c.rewrite_arg(0, host)
-        return None
+        target = k.procs.get(host_of_live(k, pid))
+        if not _send(k, c, k.procs.get(target.tgid) or target, sig):
+            raise SysError(errno.EPERM)
+        return 0
+    if pid == -1:  # every guest process but pid 1 and the caller, as in a pid namespace
+        init = k.procs.init.tgid if k.procs.init else None
+        return _send_each(k, c, [p for p in _leaders(k) if p.tgid not in (init, c.proc.tgid)], sig)
     hpgid = os.getpgid(c.pid) if pid == 0 else host_of_group(k, -pid)
     if hpgid is None:
         raise SysError(errno.ESRCH)
-    init = k.procs.init
-    if sig == signal.SIGKILL and init is not None and _pgid(init.tgid) == hpgid:
-        return _kill_group(k, hpgid, sig, spare=init.tgid)
-    c.rewrite_arg(0, -hpgid)
-    return None
+    return _send_each(k, c, [p for p in _leaders(k) if _pgid(p.tgid) == hpgid], sig)
 
 
 def _pgid(tgid: int) -> int | None:
@@ -69,46 +115,19 @@ def _pgid(tgid: int) -> int | None:
         return None
 
 
-def _kill_group(k, hpgid: int, sig: int, spare: int) -> int:
-    """A process group holding pid 1 gets SIGKILL: every member but pid 1, on the guest's behalf."""
-    for tgid in k.procs.tgids() - {spare}:
-        if _pgid(tgid) == hpgid:
-            try:
-                os.kill(tgid, sig)
-            except OSError:
-                pass
-    return 0
-
-
-def _kill_all(k, c: Call, sig: int) -> int:
-    """kill(-1): every guest process but the first and the caller, as in a pid namespace."""
-    init = k.procs.init.tgid if k.procs.init else None
-    hit = False
-    for tgid in k.procs.tgids() - {init, c.proc.tgid}:
-        try:
-            if sig:
-                os.kill(tgid, sig)
-            hit = True
-        except OSError:
-            pass
-    if not hit:
-        raise SysError(errno.ESRCH)
-    return 0
-
-
 def sys_tgkill(k, c: Call):
     vtgid, vtid, sig = s32(c.args[0]), s32(c.args[1]), s32(c.args[2])
     if vtgid <= 0 or vtid <= 0:
         raise SysError(errno.EINVAL)
     _check_sig(sig)
-    host = host_of_live(k, vtid)
-    if k.procs.get(host).tgid != k.procs.host_pid(vtgid):
+    target = k.procs.get(host_of_live(k, vtid))
+    if target.tgid != k.procs.host_pid(vtgid):
         raise SysError(errno.ESRCH)
-    if _spares_init(k, host, sig):
-        return 0
-    c.rewrite_arg(0, k.procs.host_pid(vtgid))
-    c.rewrite_arg(1, host)
-    return None
+    if target.tid == c.pid:
+        return 0 if _init_ignores(k, target, sig) else _raise(c, target.tgid, target.tid)
+    if not _send(k, c, target, sig, thread=True):
+        raise SysError(errno.EPERM)
+    return 0
 
 
 def sys_tkill(k, c: Call):
@@ -116,11 +135,25 @@ def sys_tkill(k, c: Call):
     if vtid <= 0:
         raise SysError(errno.EINVAL)
     _check_sig(sig)
-    host = host_of_live(k, vtid)
-    if _spares_init(k, host, sig):
-        return 0
-    c.rewrite_arg(0, host)
-    return None
+    target = k.procs.get(host_of_live(k, vtid))
+    if target.tid == c.pid:
+        return 0 if _init_ignores(k, target, sig) else _raise(c, target.tid)
+    if not _send(k, c, target, sig, thread=True):
+        raise SysError(errno.EPERM)
+    return 0
+
+
+def _raise(c: Call, *host_ids: int) -> None:
+    """A thread signalling itself (raise(), pthread_kill(pthread_self())): the
+    call runs as the guest, its ids rewritten to the host's. raise() blocks
+    every signal around it; the signal must be born in the guest's own call,
+    just before that unblocking, or a handler change by another thread in
+    between (SIG_IGN discards pending signals) loses it, where on Linux it
+    hardly ever can. The registers are not given back at the call's exit (that
+    stop would widen the window again): they hold ids the caller has just
+    computed for this call alone."""
+    for i, host in enumerate(host_ids):
+        setattr(c.regs, ("rdi", "rsi")[i], host)
 
 
 def pid_args(*args: int, negative: int = errno.ESRCH):
@@ -176,9 +209,9 @@ def sys_pidfd_send_signal(k, c: Call):
 
 
 def register(t) -> None:
-    t.ptrace("kill", sys_kill, note="guest pids; pid 1 is spared as a namespace's init")
-    t.ptrace("tkill", sys_tkill, note="guest pids")
-    t.ptrace("tgkill", sys_tgkill, note="guest pids")
+    t.emulate("kill", sys_kill, note="guest pids, sent on the guest's behalf; pid 1 is spared as a namespace's init")
+    t.ptrace("tkill", sys_tkill, note="guest pids, sent on the guest's behalf (to itself: as made)")
+    t.ptrace("tgkill", sys_tgkill, note="guest pids, sent on the guest's behalf (to itself: as made)")
     t.ptrace("rt_sigqueueinfo", pid_args(0), note="guest pids")
     t.ptrace("rt_tgsigqueueinfo", pid_args(0, 1), note="guest pids")
     t.ptrace("pidfd_open", pid_args(0, negative=errno.EINVAL), note="guest pids")
