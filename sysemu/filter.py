@@ -43,7 +43,7 @@ def compile_filter(table: SyscallTable) -> bytes:
         return _int_rules_prologue(table) + out.read()
 
 
-_LD_W_ABS, _JEQ_K, _RET_K = 0x20, 0x15, 0x06
+_LD_W_ABS, _JEQ_K, _JGE_K, _RET_K = 0x20, 0x15, 0x35, 0x06
 _AUDIT_ARCH_X86_64 = 0xC000003E
 _RET_ERRNO, _RET_TRACE = 0x00050000, 0x7FF00000
 _NR, _ARCH, _ARGS = 0, 4, 16   # offsets in struct seccomp_data
@@ -56,15 +56,22 @@ def _int_rules_prologue(table: SyscallTable) -> bytes:
     64: a cmd of 0x1_00005412 would slip past a rule for TIOCSTI. And
     libseccomp lets an unconditional ALLOW win over a conditional rule. So
     these few checks are written by hand: for x86-64 calls, compare the
-    argument's low word and return the rule's action; otherwise fall through
+    argument's low word with a value (or a range [lo, hi)) and return the
+    rule's action; otherwise fall through
     (BPF jumps are relative, so libseccomp's program runs unchanged after)."""
     rules = [(e.nr, arg, value, action) for e in table for arg, value, action in e.int_rules]
     if not rules:
         return b""
-    prog = [(_LD_W_ABS, 0, 0, _ARCH), (_JEQ_K, 0, 5 * len(rules), _AUDIT_ARCH_X86_64)]
+    blocks = []
     for nr, arg, value, (kind, data) in rules:
         ret = (_RET_ERRNO if kind == "errno" else _RET_TRACE) | data
-        prog += [(_LD_W_ABS, 0, 0, _NR), (_JEQ_K, 0, 3, nr),
-                 (_LD_W_ABS, 0, 0, _ARGS + 8 * arg), (_JEQ_K, 0, 1, value & 0xFFFFFFFF),
-                 (_RET_K, 0, 0, ret)]
+        if isinstance(value, tuple):  # lo <= value < hi, unsigned
+            lo, hi = value
+            blocks.append([(_LD_W_ABS, 0, 0, _NR), (_JEQ_K, 0, 4, nr), (_LD_W_ABS, 0, 0, _ARGS + 8 * arg),
+                           (_JGE_K, 0, 2, lo), (_JGE_K, 1, 0, hi), (_RET_K, 0, 0, ret)])
+        else:
+            blocks.append([(_LD_W_ABS, 0, 0, _NR), (_JEQ_K, 0, 3, nr), (_LD_W_ABS, 0, 0, _ARGS + 8 * arg),
+                           (_JEQ_K, 0, 1, value & 0xFFFFFFFF), (_RET_K, 0, 0, ret)])
+    body = [insn for block in blocks for insn in block]
+    prog = [(_LD_W_ABS, 0, 0, _ARCH), (_JEQ_K, 0, len(body), _AUDIT_ARCH_X86_64)] + body
     return b"".join(struct.pack("=HBBI", *insn) for insn in prog)

@@ -42,3 +42,13 @@ def test_host_pids_are_out_of_reach(busybox_root):
     finally:
         host.kill()
         host.wait()
+
+
+def test_threads_as_in_a_fresh_pid_namespace(busybox_root, probe_dir):
+    """pthread mutexes and condition variables (futex), pthread_kill to a chosen
+    thread, fork from a thread, clone3 with CLONE_PARENT_SETTID, exit() from a
+    thread, the main thread exiting first, execve from a non-leader thread
+    (which takes the leader's pid): the same lines as natively."""
+    want = lines(native(probe_dir, "threads", prefix=NEW_PID_NS))
+    assert want[0] == "mutex counter 80000"
+    assert lines(jailed(busybox_root, probe_dir, "threads")) == want

@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "probe.h"
@@ -167,6 +168,11 @@ int main(void)
     ck("getpriority child", errno ? -1 : 0);
     ck("setpgid child", setpgid(sleeper, sleeper));
     printf("getpgid child %d\n", getpgid(sleeper));
+    clockid_t cid;
+    struct timespec ts;
+    printf("clock_getcpuclockid child %d\n", clock_getcpuclockid(sleeper, &cid));
+    ck("clock_gettime child", clock_gettime(cid, &ts));
+    printf("clock_getcpuclockid 99999 %d\n", clock_getcpuclockid(99999, &cid));
     ck("kill child 0", kill(sleeper, 0));
     ck("kill group 0", kill(-sleeper, 0));
     ck("pidfd_open child", syscall(SYS_pidfd_open, sleeper, 0));

@@ -260,6 +260,25 @@ def sys_fcntl_owner(k, c: Call):
     return None
 
 
+# A CPU-time clock of another process or thread is a negative clockid that
+# carries its pid: ((~pid) << 3) | type, bit 2 meaning "thread". pid 0 (the
+# caller itself: -8..-1) and fd clocks (type 3) need no translation.
+CPUCLOCK_PERTHREAD, CLOCKFD = 4, 3
+PID_CLOCKS = (0x80000000, 0xFFFFFFF8)
+
+
+def sys_clock_of_pid(k, c: Call):
+    clockid = s32(c.args[0])
+    if clockid & 7 == CLOCKFD:
+        return None
+    vpid = ~(clockid >> 3)
+    proc = k.procs.live(vpid)
+    if proc is None or (not clockid & CPUCLOCK_PERTHREAD and proc.tid != proc.tgid):
+        raise SysError(errno.EINVAL)   # what Linux answers for a clock of no process
+    c.rewrite_arg(0, (~proc.tid << 3) | (clockid & 7))
+    return None
+
+
 def register(t) -> None:
     t.emulate("getpid", sys_getpid, note="guest pid: the first process is 1")
     t.emulate("gettid", sys_gettid, note="guest pid")
@@ -275,5 +294,7 @@ def register(t) -> None:
     t.trace_when("ioctl", 1, (TIOCGPGRP, TIOCSPGRP, TIOCGSID), sys_ioctl_pgrp,
                  "TIOCGPGRP/TIOCSPGRP/TIOCGSID in guest pids")
     t.trace_when("getsockopt", 2, (SO_PEERCRED,), sys_getsockopt_peercred, "SO_PEERCRED in guest pids")
+    for name in ("clock_gettime", "clock_getres", "clock_nanosleep", "timer_create"):
+        t.trace_when(name, 0, (PID_CLOCKS,), sys_clock_of_pid, "CPU clocks of other processes in guest pids")
     t.trace_when("fcntl", 1, (F_SETOWN, F_GETOWN, F_SETOWN_EX, F_GETOWN_EX), sys_fcntl_owner,
                  "F_SETOWN/F_GETOWN(_EX) in guest pids")

@@ -57,8 +57,9 @@ class Syscall:
     errno: int = errno.ENOSYS          # for DENIED
     handler: Callable | None = None    # for EMULATED / PTRACE
     native_if_zero: int | None = None  # EMULATED/PTRACE, but the filter lets it run natively when this arg is 0
-    # NATIVE, except single values of an int argument: (arg index, value, ("errno", E) or ("trace", 0));
-    # a traced value stops in the tracer and goes to the handler.
+    # NATIVE, except single values of an int argument: (arg index, value or (lo, hi) range of its
+    # unsigned low 32 bits, ("errno", E) or ("trace", 0)); a traced value stops in the tracer and
+    # goes to the handler.
     int_rules: tuple = ()
     # A private call a signal withdrew before the supervisor took it: the value
     # rax gets instead of a restart, callable(proc) (None: restart it).
@@ -109,8 +110,8 @@ class SyscallTable:
         entry.note = f"{entry.note}; {why}"
 
     def trace_when(self, name: str, arg: int, values: tuple, handler: Callable, why: str) -> None:
-        """A native call, except these int argument values, which stop in the tracer
-        (RET_TRACE) and go to handler."""
+        """A native call, except these int argument values (or (lo, hi) ranges),
+        which stop in the tracer (RET_TRACE) and go to handler."""
         entry = self.by_name[name]
         entry.int_rules += tuple((arg, v, ("trace", 0)) for v in values)
         entry.handler = handler
