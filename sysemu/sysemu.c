@@ -264,7 +264,8 @@ static long sysemu_syscall6(long nr, long a, long b, long c, long d, long e, lon
 /* ---- the guest's first process ---------------------------------------------- */
 
 /* Runs in the forked child. Waits until the supervisor has seized it, drops
- * host privilege when the supervisor is real root, loads the seccomp filter
+ * host privilege when the supervisor is real root, becomes the subreaper of
+ * its descendants, loads the seccomp filter
  * with a new listener, hands the listener to the supervisor and closes its
  * own copy (a guest holding it could answer its own traps), then execs.
  * Never returns. */
@@ -287,6 +288,9 @@ static int sysemu_child_exec(const char *path, char *const argv[], char *const e
         _exit(126);
     /* Dropping uid cleared the death signal; set it again. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* The guest's pid 1 reaps orphans, as a pid namespace's init: they are
+     * reparented to it, not to the supervisor (the setting survives exec). */
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
     struct sock_fprog prog = {.len = (unsigned short)(bpf_len / 8), .filter = (void *)bpf};
     /* WAIT_KILLABLE_RECV: once the supervisor has received a call, only a fatal
      * signal may interrupt the guest's wait. Without it a signal (a SIGCHLD, say)

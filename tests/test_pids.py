@@ -14,8 +14,9 @@ NEW_PID_NS = ["unshare", "--pid", "--fork", "--mount-proc"] + ([] if os.geteuid(
 def test_pids_as_in_a_fresh_pid_namespace(busybox_root, probe_dir):
     """getpid/getppid/gettid, fork and clone results and SETTID words, wait4 and
     waitid, si_pid of SIGUSR1 and SIGCHLD, pid 1 sparing itself from SIGTERM
-    and SIGKILL sent from inside, orphans seeing ppid 1, pthread_kill to a
-    thread, calls naming a child, ESRCH for pids that do not exist: the same
+    and SIGKILL sent from inside, orphans seeing ppid 1 and reaped by pid 1,
+    pthread_kill to a thread, calls naming a child (sched, prlimit, CPU
+    clocks, F_SETOWN, SO_PEERCRED), ESRCH for pids that do not exist: the same
     lines as natively in a new pid namespace."""
     want = lines(native(probe_dir, "pids", prefix=NEW_PID_NS))
     assert want[0] == "getpid 1 getppid 0 gettid 1"

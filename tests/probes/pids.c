@@ -198,6 +198,7 @@ int main(void)
     ck("getpgid 99999", getpgid(99999));
     ck("kill all", kill(-1, SIGTERM));
     reap(sleeper);
+    ck("orphan reaped by pid 1", waitpid(-1, NULL, WNOHANG));
     printf("done\n");
     return 0;
 }
