@@ -3,6 +3,7 @@ translated both ways, and host processes cannot be seen or signalled."""
 import os
 import subprocess
 
+import pytest
 from conftest import umlrun
 from test_probes import jailed, lines, native
 
@@ -11,7 +12,14 @@ from test_probes import jailed, lines, native
 NEW_PID_NS = ["unshare", "--pid", "--fork", "--mount-proc"] + ([] if os.geteuid() == 0 else ["-r"])
 
 
-def test_pids_as_in_a_fresh_pid_namespace(busybox_root, probe_dir):
+def _jailed(root, probe_dir, probe, mode):
+    if mode == "fast":
+        return jailed(root, probe_dir, probe)
+    return umlrun("run", "--trace-all", "-r", root, "-b", f"{probe_dir}:/probes:ro", "--", f"/probes/{probe}")
+
+
+@pytest.mark.parametrize("mode", ["fast", "trace-all"])
+def test_pids_as_in_a_fresh_pid_namespace(busybox_root, probe_dir, mode):
     """getpid/getppid/gettid, fork and clone results and SETTID words, wait4 and
     waitid, si_pid of SIGUSR1 and SIGCHLD, pid 1 sparing itself from SIGTERM
     and SIGKILL sent from inside, orphans seeing ppid 1 and reaped by pid 1,
@@ -20,7 +28,7 @@ def test_pids_as_in_a_fresh_pid_namespace(busybox_root, probe_dir):
     lines as natively in a new pid namespace."""
     want = lines(native(probe_dir, "pids", prefix=NEW_PID_NS))
     assert want[0] == "getpid 1 getppid 0 gettid 1"
-    assert lines(jailed(busybox_root, probe_dir, "pids")) == want
+    assert lines(_jailed(busybox_root, probe_dir, "pids", mode)) == want
 
 
 def test_shell_is_pid_1_and_ps_shows_only_the_guest(busybox_root):
@@ -45,11 +53,12 @@ def test_host_pids_are_out_of_reach(busybox_root):
         host.wait()
 
 
-def test_threads_as_in_a_fresh_pid_namespace(busybox_root, probe_dir):
+@pytest.mark.parametrize("mode", ["fast", "trace-all"])
+def test_threads_as_in_a_fresh_pid_namespace(busybox_root, probe_dir, mode):
     """pthread mutexes and condition variables (futex), pthread_kill to a chosen
     thread, fork from a thread, clone3 with CLONE_PARENT_SETTID, exit() from a
     thread, the main thread exiting first, execve from a non-leader thread
     (which takes the leader's pid): the same lines as natively."""
     want = lines(native(probe_dir, "threads", prefix=NEW_PID_NS))
     assert want[0] == "mutex counter 80000"
-    assert lines(jailed(busybox_root, probe_dir, "threads")) == want
+    assert lines(_jailed(busybox_root, probe_dir, "threads", mode)) == want

@@ -4,12 +4,16 @@
  *                     microsecond periods) while the process keeps making calls
  *                     that Linux never interrupts: none may fail with EINTR
  *   signals pidfd     pidfd_send_signal on a /proc/PID directory descriptor
+ *   signals exec      children exec while their parent keeps signalling them
+ *                     (a handler is installed until the exec): every exec
+ *                     must end in the new program, never in a crash
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -64,12 +68,49 @@ static void pidfd(void)
     ck("pidfd-closed", syscall(NR_pidfd_send_signal, 999, SIGUSR1, NULL, 0));
 }
 
+static void on_chld(int sig) { (void)sig; }
+
+static void exec_under_signals(const char *self)
+{
+    int ok = 0, crashed = 0;
+    for (int i = 0; i < 100; i++) {
+        int ready[2];
+        if (pipe(ready) < 0)
+            return;
+        pid_t pid = fork();
+        if (pid == 0) {
+            struct sigaction sa = {.sa_handler = on_chld};  /* no SA_RESTART */
+            sigaction(SIGCHLD, &sa, NULL);
+            close(ready[0]);
+            close(ready[1]);                                  /* the parent may start */
+            execl(self, self, "exit0", (char *)NULL);
+            _exit(127);
+        }
+        close(ready[1]);
+        char c;
+        read(ready[0], &c, 1);
+        close(ready[0]);
+        int status = 0;
+        while (waitpid(pid, &status, WNOHANG) == 0)
+            kill(pid, SIGCHLD);                  /* ignored by default after the exec */
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+            ok++;
+        else
+            crashed++;
+    }
+    printf("exec under signals: %d ok, %d crashed\n", ok, crashed);
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 2 && !strcmp(argv[1], "exit0"))
+        return 0;
     if (argc == 2 && !strcmp(argv[1], "stress"))
         stress();
     else if (argc == 2 && !strcmp(argv[1], "pidfd"))
         pidfd();
+    else if (argc == 2 && !strcmp(argv[1], "exec"))
+        exec_under_signals(argv[0]);
     else
         return 2;
     printf("done\n");

@@ -24,7 +24,7 @@ import errno
 import os
 
 from sysemu._sysemu import ffi, lib
-from umlrun.kernel import CONTINUE, Call, SysError, catches
+from umlrun.kernel import CONTINUE, GUEST_ERRORS, Call, SysError, catches
 from umlrun.syscalls.files import guest_fd_link, s32
 from umlrun.syscalls.pids import host_of_group, host_of_live
 
@@ -60,12 +60,15 @@ def _send(k, c: Call, target, sig: int, thread: bool = False) -> bool:
     if sig == 0 or _init_ignores(k, target, sig):
         return True  # nothing to send
     k.signal_from(target.tid if thread else target.tgid, sig, c.proc)
+    # Through a pidfd (or tgkill, which checks the pair): a pid the host reused
+    # since the check is never signalled.
     if thread:
         r = lib.sysemu_syscall6(NR_TGKILL, target.tgid, target.tid, sig, 0, 0, 0)
-        if r < 0:
-            raise SysError(-r)
     else:
-        os.kill(target.tgid, sig)
+        leader = k.procs.get(target.tgid) or target
+        r = lib.sysemu_syscall6(NR_PIDFD_SEND_SIGNAL, leader.get_pidfd(), sig, 0, 0, 0, 0)
+    if r < 0:
+        raise SysError(-r)
     return True
 
 
@@ -77,7 +80,7 @@ def _send_each(k, c: Call, targets, sig: int) -> int:
         tried = True
         try:
             sent |= _send(k, c, target, sig)
-        except OSError:
+        except GUEST_ERRORS:  # it has gone meanwhile
             pass
     if not sent:
         raise SysError(errno.EPERM if tried else errno.ESRCH)
