@@ -220,6 +220,8 @@ class ProcFS:
                         line = b"%s\t%d" % (key, procs.vpid(int(line.split()[1])))
                     elif key == b"Name:":
                         line = b"Name:\t" + self._comm(line[6:].strip(), proc)
+                    elif key == b"State:" and line.split()[1:2] == [b"t"]:
+                        line = b"State:\t" + STATE_NAMES[guest_state(b"t", proc)]
                     elif line.startswith(b"Uid:"):
                         line = b"Uid:\t%d\t%d\t%d\t%d" % (c.ruid, c.euid, c.suid, c.fsuid)
                     elif line.startswith(b"Gid:"):
@@ -268,6 +270,7 @@ class ProcFS:
         f = data[close + 2:].split(b" ")
         if len(f) < 6:
             return data
+        f[0] = guest_state(f[0], proc)
         f[1] = b"%d" % procs.vppid(proc)
         f[2], f[3] = (b"%d" % procs.vpid(int(f[i])) for i in (2, 3))
         if int(f[5]) > 0:
@@ -323,6 +326,17 @@ class ProcFS:
         except OSError:
             pass
         os.symlink(target, path)
+
+
+STATE_NAMES = {b"T": b"T (stopped)", b"R": b"R (running)"}
+
+
+def guest_state(state: bytes, proc) -> bytes:
+    """A tracer's stop is not the guest's: a task held in a group stop is
+    stopped (T); one in the supervisor's hands is running a syscall (R)."""
+    if state != b"t":
+        return state
+    return b"T" if proc.group_stopped else b"R"
 
 
 def guest_cmdline(data: bytes) -> bytes:

@@ -355,8 +355,10 @@ class Kernel:
             self.start_task(pid, proc)
         elif sig in _GROUP_STOP_SIGNALS:
             # A real group stop: stay stopped, but let SIGCONT through.
+            proc.group_stopped = True
             self.platform.resume(pid, 0, PTRACE_LISTEN)
         else:
+            proc.group_stopped = False
             self.resume(pid, proc)
 
     def on_fork(self, pid: int, proc: Process | None, event: int) -> None:

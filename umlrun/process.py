@@ -63,6 +63,7 @@ class Process:
     fork_pending: bool = False     # a fork let through (--max-pids) whose child is not seen yet
     at_exit: object = None         # callable(regs) run at this call's exit stop (pids to translate)
     settid: int = 0                # CLONE_CHILD_SETTID word to rewrite at its first stop
+    group_stopped: bool = False    # in a group stop (SIGSTOP...), held with PTRACE_LISTEN
     extra: dict = field(default_factory=dict)
 
     def get_pidfd(self) -> int:

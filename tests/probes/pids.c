@@ -196,6 +196,22 @@ int main(void)
     ck("kill -99999", kill(-99999, 0));
     ck("tgkill wrong group", syscall(SYS_tgkill, 1, sleeper, 0));
     ck("getpgid 99999", getpgid(99999));
+    /* a stop and a continue between guest processes, seen by the parent */
+    ck("SIGSTOP child", kill(sleeper, SIGSTOP));
+    int st = 0;
+    int w = waitpid(sleeper, &st, WUNTRACED);
+    printf("stopped: waitpid %d stopped %d sig %d\n", w, WIFSTOPPED(st), WSTOPSIG(st));
+    char path[64], state = '?';
+    snprintf(path, sizeof path, "/proc/%d/stat", sleeper);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        fscanf(f, "%*d %*s %c", &state);
+        fclose(f);
+    }
+    printf("state %c\n", state);
+    ck("SIGCONT child", kill(sleeper, SIGCONT));
+    w = waitpid(sleeper, &st, WCONTINUED);
+    printf("continued: waitpid %d continued %d\n", w, WIFCONTINUED(st));
     ck("kill all", kill(-1, SIGTERM));
     reap(sleeper);
     ck("orphan reaped by pid 1", waitpid(-1, NULL, WNOHANG));
