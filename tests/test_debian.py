@@ -117,3 +117,49 @@ def test_cpython_modules_pass_as_natively(debian_dev_root):
     jailed = umlrun("run", "--net", "host", "-r", debian_dev_root, "--", "python3", "-m", "test", "-j2",
                     *CPYTHON_MODULES, timeout=1800)
     assert _failed_modules(jailed.stdout) == _failed_modules(native.stdout), jailed.stdout[-4000:]
+
+
+def test_supervisor_killed_during_a_build_leaves_nothing(debian_dev_root, tmp_path):
+    """SIGKILL to umlrun in the middle of a `make -j2` of C files: no process of
+    the build is left on the host (the host's /proc is scanned for the build's
+    unique environment variable)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    from conftest import REPO
+    tag = f"UMLRUN_BUILD_TAG={uuid.uuid4().hex}".encode()
+    for i in range(40):
+        (tmp_path / f"f{i}.c").write_text("".join(f"int f{i}_{j}(int x) {{ return x * {j}; }}\n"
+                                                  for j in range(3000)))
+    (tmp_path / "Makefile").write_text("all: " + " ".join(f"f{i}.o" for i in range(40))
+                                       + "\n%.o: %.c\n\tgcc -O2 -c $<\n")
+    p = subprocess.Popen([sys.executable, "-m", "umlrun", "run", "-r", debian_dev_root, "-b", f"{tmp_path}:/src",
+                          "-w", "/src", "-e", tag.decode(), "--", "make", "-j2"], cwd=REPO,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def build_processes() -> dict[int, bytes]:
+        found = {}
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if tag in f.read().split(b"\0"):
+                        with open(f"/proc/{entry}/cmdline", "rb") as g:
+                            found[int(entry)] = g.read()
+            except (OSError, ValueError):
+                pass
+        return found
+    deadline = time.time() + 60
+    while not any(b"cc1" in cmd for cmd in build_processes().values()) and time.time() < deadline:
+        time.sleep(0.05)
+    assert p.poll() is None, "the build ended before it could be interrupted"
+    assert len(build_processes()) >= 2, "the build's processes are not seen"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    deadline = time.time() + 10
+    while build_processes() and time.time() < deadline:
+        time.sleep(0.1)
+    assert build_processes() == {}
