@@ -63,6 +63,10 @@ DEBUG = os.environ.get("UMLRUN_DEBUG")  # print host errors met inside handlers
 _ERESTARTSYS, _ERESTARTNOINTR = 2**64 - 512, 2**64 - 513  # kernel-internal, as seen in rax
 _GROUP_STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 _SI_USER, _SI_QUEUE, _SI_MESGQ, _SI_TKILL = 0, -1, -3, -6  # si_code values
+NR_CLONE, NR_CLONE3 = 56, 435
+CLONE_PARENT_SETTID, CLONE_CHILD_SETTID = 0x00100000, 0x01000000
+ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
+MAX_SENDERS = 1024  # signals sent on a guest's behalf, not delivered yet
 
 
 def catches(tgid: int, sig: int) -> bool:
@@ -75,11 +79,6 @@ def catches(tgid: int, sig: int) -> bool:
     except OSError:
         pass
     return False
-NR_CLONE, NR_CLONE3 = 56, 435
-CLONE_PARENT_SETTID, CLONE_CHILD_SETTID = 0x00100000, 0x01000000
-
-
-ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 
 
 def _restoring(args: tuple, then):
@@ -160,8 +159,8 @@ class Kernel:
     def start(self, path: bytes, argv: list[bytes], envp: list[bytes], cwd: tuple, bpf: bytes,
               scratch_dir: bytes, tty_fd: int | None = None) -> None:
         self.platform = Platform(bpf)
-        # Orphaned guests are reparented to the supervisor, not to a host process:
-        # the jail's tree stays the supervisor's, whose reaping the guest never sees.
+        # Pid 1 reaps orphans (sysemu_child_exec makes it a subreaper); what
+        # outlives pid 1 comes to the supervisor, not to a host process.
         self.platform.become_subreaper()
         uid = self.chown_to[0] if self.chown_to else -1
         gid = self.chown_to[1] if self.chown_to else -1
@@ -304,6 +303,8 @@ class Kernel:
     def signal_from(self, target: int, sig: int, sender: Process) -> None:
         """The supervisor sends sig to target on a guest's behalf: remember who,
         to name the sender where the signal is delivered."""
+        if len(self.senders) >= MAX_SENDERS:  # signals discarded undelivered (SIG_IGN, exit)
+            del self.senders[next(iter(self.senders))]
         self.senders[(target, sig)] = (self.procs.vpid(sender.tgid), sender.cred.ruid)
 
     def screen_signal(self, pid: int, proc: Process | None, sig: int) -> int:

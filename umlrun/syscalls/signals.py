@@ -5,13 +5,11 @@ A guest names processes by guest pid, and may only name guest processes: any
 other pid is ESRCH, so the guest can neither see nor signal the host's
 processes.
 
-kill, tkill and tgkill are sent by the supervisor on the guest's behalf,
-after Linux's permission check on the guest's credentials; the sender is
-remembered and named in the siginfo where the signal is delivered
-(Kernel.screen_signal). Sending from inside the trap, then answering, keeps
-the time between the signal's birth and the guest's return as short as for a
-native call: a signal a program raises at itself with the signal blocked
-(raise()) must not be lost to a handler change meanwhile.
+kill, and tkill/tgkill to another thread, are sent by the supervisor on the
+guest's behalf (through a pidfd, or tgkill's checked pair), after Linux's
+permission check on the guest's credentials; the sender is remembered and
+named in the siginfo where the signal is delivered (Kernel.screen_signal).
+A thread signalling itself (raise()) makes the call itself: see _raise.
 
 The other calls stop in the tracer (RET_TRACE): the guest pid in the
 registers is replaced by the host pid and the call runs as the guest, so
@@ -24,7 +22,7 @@ import errno
 import os
 
 from sysemu._sysemu import ffi, lib
-from umlrun.kernel import CONTINUE, GUEST_ERRORS, Call, SysError, catches
+from umlrun.kernel import ARG_REGS, CONTINUE, GUEST_ERRORS, Call, SysError, catches
 from umlrun.syscalls.files import guest_fd_link, s32
 from umlrun.syscalls.pids import host_of_group, host_of_live
 
@@ -156,7 +154,7 @@ def _raise(c: Call, *host_ids: int) -> None:
     stop would widen the window again): they hold ids the caller has just
     computed for this call alone."""
     for i, host in enumerate(host_ids):
-        setattr(c.regs, ("rdi", "rsi")[i], host)
+        setattr(c.regs, ARG_REGS[i], host)
 
 
 def pid_args(*args: int, negative: int = errno.ESRCH):
