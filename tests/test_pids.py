@@ -23,6 +23,7 @@ def test_pids_as_in_a_fresh_pid_namespace(busybox_root, probe_dir, mode):
     """getpid/getppid/gettid, fork and clone results and SETTID words, wait4 and
     waitid, si_pid of SIGUSR1 and SIGCHLD, pid 1 sparing itself from SIGTERM
     and SIGKILL sent from inside, orphans seeing ppid 1 and reaped by pid 1,
+    SCM_CREDENTIALS received and sent,
     pthread_kill to a thread, calls naming a child (sched, prlimit, CPU
     clocks, F_SETOWN, SO_PEERCRED), ESRCH for pids that do not exist: the same
     lines as natively in a new pid namespace."""

@@ -342,10 +342,18 @@ class Kernel:
 
     def guest_uid(self, host_pid: int, host_uid: int) -> int:
         """The real uid the guest sees for a process the host names by pid and uid."""
+        return self.guest_ids(host_pid, host_uid, 0)[0]
+
+    def guest_ids(self, host_pid: int, host_uid: int, host_gid: int) -> tuple[int, int]:
+        """(uid, gid) the guest sees for a process the host names by pid, uid and gid."""
         proc = self.procs.get(host_pid)
         if proc is not None:
-            return proc.cred.ruid
-        return 0 if host_uid in self.own_uids else host_uid
+            return proc.cred.ruid, proc.cred.rgid
+        return (0 if host_uid in self.own_uids else host_uid), (0 if host_gid in self.own_gids else host_gid)
+
+    def host_ids(self) -> tuple[int, int]:
+        """The host uid and gid every guest process runs as."""
+        return self.chown_to if self.chown_to is not None else (os.getuid(), os.getgid())
 
     def on_event_stop(self, pid: int, proc: Process | None, sig: int) -> None:
         if proc is None:  # a new child, before its parent's fork event: hold it

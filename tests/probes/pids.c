@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <string.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -61,6 +62,49 @@ static int reap(pid_t pid)
     pid_t r = waitpid(pid, &status, 0);
     printf("waitpid %d status %d\n", (int)r, WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status));
     return status;
+}
+
+/* SCM_CREDENTIALS: the credentials a datagram carries, as the receiver reads them */
+static void print_received_creds(const char *what, int fd)
+{
+    char data[16], control[CMSG_SPACE(sizeof(struct ucred))];
+    struct iovec iov = {data, sizeof data};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
+                        .msg_controllen = sizeof control};
+    if (recvmsg(fd, &mh, 0) < 0) {
+        ck(what, -1);
+        return;
+    }
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_CREDENTIALS) {
+        struct ucred uc;
+        memcpy(&uc, CMSG_DATA(cm), sizeof uc);
+        printf("%s: pid %d uid %d gid %d\n", what, uc.pid, uc.uid, uc.gid);
+    } else {
+        printf("%s: no credentials\n", what);
+    }
+}
+
+static int send_creds(int fd, pid_t pid)
+{
+    char control[CMSG_SPACE(sizeof(struct ucred))] = {0};
+    struct iovec iov = {"x", 1};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
+                        .msg_controllen = sizeof control};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_CREDENTIALS;
+    cm->cmsg_len = CMSG_LEN(sizeof(struct ucred));
+    struct ucred uc = {pid, getuid(), getgid()};
+    memcpy(CMSG_DATA(cm), &uc, sizeof uc);
+    return sendmsg(fd, &mh, 0);
+}
+
+static int creds_fd;
+
+static void child_sends(void)
+{
+    send(creds_fd, "c", 1, 0);
 }
 
 static void child_ids(void)
@@ -192,6 +236,17 @@ int main(void)
     owner.pid = 0;
     ck("F_GETOWN_EX", fcntl(sv[0], F_GETOWN_EX, &owner));
     printf("F_GETOWN_EX type %d pid %d\n", owner.type, owner.pid);
+    int dg[2];
+    socketpair(AF_UNIX, SOCK_DGRAM, 0, dg);
+    int one = 1;
+    ck("SO_PASSCRED", setsockopt(dg[1], SOL_SOCKET, SO_PASSCRED, &one, sizeof one));
+    send(dg[0], "p", 1, 0);
+    print_received_creds("implicit", dg[1]);
+    creds_fd = dg[0];
+    reap(spawn(child_sends));                                  /* pid 10 */
+    print_received_creds("from a child", dg[1]);
+    ck("explicit own pid", send_creds(dg[0], getpid()));
+    print_received_creds("explicit", dg[1]);
     ck("kill 99999", kill(99999, 0));
     ck("kill -99999", kill(-99999, 0));
     ck("tgkill wrong group", syscall(SYS_tgkill, 1, sleeper, 0));

@@ -210,9 +210,7 @@ def sys_getsockopt_peercred(k, c: Call):
             return
         try:
             pid, uid, gid = struct.unpack("iII", k.platform.read(tid, optval, 12))
-            peer = k.procs.get(pid)
-            gid = peer.cred.rgid if peer is not None else (0 if gid in k.own_gids else gid)
-            k.platform.write(tid, optval, struct.pack("iII", k.procs.vpid(pid), k.guest_uid(pid, uid), gid))
+            k.platform.write(tid, optval, struct.pack("iII", k.procs.vpid(pid), *k.guest_ids(pid, uid, gid)))
         except OSError:
             pass
     c.proc.at_exit = fix
@@ -279,6 +277,97 @@ def sys_clock_of_pid(k, c: Call):
     return None
 
 
+# ---- SCM_CREDENTIALS ----------------------------------------------------------------
+#
+# Received: the kernel writes the sender's host pid and ids into a control
+# message of recvmsg/recvmmsg, for sockets with SO_PASSCRED. recvmsg is far
+# too common to trap for everyone, so when a process first sets SO_PASSCRED
+# the supervisor adds a small seccomp filter to it (all its threads, and
+# inherited by its children) that traces recvmsg and recvmmsg; at their exit
+# the credentials are rewritten to the guest's.
+# Sent: sendmsg traps anyway (sockets.py); explicit credentials are checked as
+# Linux checks them, on the guest's view, and rewritten to the host's values
+# in the guest's buffer for the kernel's own check (which, the guest having
+# no host privilege, no racing thread can get past).
+
+SO_PASSCRED, SCM_CREDENTIALS = 16, 2
+NR_SETSOCKOPT, NR_RECVMSG, NR_RECVMMSG, NR_SECCOMP = 54, 47, 299, 317
+SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC = 1, 1
+MSGHDR, MMSGHDR = 56, 64
+_RECV_FILTER = b"".join(struct.pack("=HBBI", *insn) for insn in (
+    (0x20, 0, 0, 0),                 # A = syscall number
+    (0x15, 2, 0, NR_RECVMSG),        # recvmsg: trace
+    (0x15, 1, 0, NR_RECVMMSG),       # recvmmsg: trace
+    (0x06, 0, 0, 0x7FFF0000),        # anything else: allow (the jail's filter decides)
+    (0x06, 0, 0, 0x7FF00000),        # SECCOMP_RET_TRACE
+))
+
+
+def _credentials(k, tid: int, hdr_addr: int):
+    """(address, pid, uid, gid) of each SCM_CREDENTIALS message of a msghdr."""
+    control, length = struct.unpack("QQ", k.platform.read(tid, hdr_addr + 32, 16))
+    off = 0
+    while control and off + 16 <= length:
+        clen, level, kind = struct.unpack("Qii", k.platform.read(tid, control + off, 16))
+        if clen < 16:
+            return
+        if level == SOL_SOCKET and kind == SCM_CREDENTIALS and clen >= 28:
+            yield (control + off + 16, *struct.unpack("iII", k.platform.read(tid, control + off + 16, 12)))
+        off += (clen + 7) & ~7
+
+
+def sys_setsockopt_passcred(k, c: Call):
+    """First SO_PASSCRED of a process: add the recvmsg-tracing filter, then
+    have the guest make its call again (it then runs as made)."""
+    if s32(c.args[1]) != SOL_SOCKET or c.proc.extra.get("passcred"):
+        return None
+    regs = c.regs
+    prog = (regs.rsp - 128 - len(_RECV_FILTER)) & ~15
+    fprog = prog - 16
+    c.write(prog, _RECV_FILTER)
+    c.write(fprog, struct.pack("HxxxxxxQ", len(_RECV_FILTER) // 8, prog))
+    for flags in (SECCOMP_FILTER_FLAG_TSYNC, 0):
+        if k.platform.inject_syscall(c.pid, regs, NR_SECCOMP, SECCOMP_SET_MODE_FILTER, flags, fprog) == 0:
+            break
+    for p in k.procs.by_tid.values():
+        if p.tgid == c.proc.tgid:
+            p.extra["passcred"] = True
+    regs.rip -= 2                      # back onto the syscall instruction: setsockopt again
+    regs.rax = NR_SETSOCKOPT
+    return None
+
+
+def sys_recvmsg_creds(k, c: Call):
+    """recvmsg/recvmmsg in a process with SO_PASSCRED: guest credentials at the exit."""
+    def fix(regs, tid=c.pid, nr=c.nr, arg=c.args[1]):
+        if regs.rax >> 63:
+            return
+        headers = [arg] if nr == NR_RECVMSG else [arg + MMSGHDR * i for i in range(regs.rax)]
+        try:
+            for hdr in headers:
+                for addr, pid, uid, gid in list(_credentials(k, tid, hdr)):
+                    k.platform.write(tid, addr, struct.pack("iII", k.procs.vpid(pid), *k.guest_ids(pid, uid, gid)))
+        except OSError:
+            pass
+    c.proc.at_exit = fix
+    return None
+
+
+def credentials_out(k, c: Call, hdr_addr: int) -> None:
+    """Explicit SCM_CREDENTIALS in a sendmsg: Linux's check on the guest's view
+    (its own pid and ids, unless it is root, which may name any guest process
+    and ids), then the host's values for the kernel's check."""
+    cred = c.proc.cred
+    for addr, vpid, uid, gid in list(_credentials(k, c.pid, hdr_addr)):
+        own = vpid == k.procs.vpid(c.proc.tgid)
+        if not own and (cred.euid != 0 or k.procs.live(vpid) is None):
+            raise SysError(errno.EPERM if cred.euid != 0 else errno.ESRCH)
+        if cred.euid != 0 and (uid not in (cred.ruid, cred.euid, cred.suid)
+                               or gid not in (cred.rgid, cred.egid, cred.sgid)):
+            raise SysError(errno.EPERM)
+        c.write(addr, struct.pack("iII", c.proc.tgid if own else k.procs.live(vpid).tgid, *k.host_ids()))
+
+
 def register(t) -> None:
     t.emulate("getpid", sys_getpid, note="guest pid: the first process is 1")
     t.emulate("gettid", sys_gettid, note="guest pid")
@@ -294,6 +383,10 @@ def register(t) -> None:
     t.trace_when("ioctl", 1, (TIOCGPGRP, TIOCSPGRP, TIOCGSID), sys_ioctl_pgrp,
                  "TIOCGPGRP/TIOCSPGRP/TIOCGSID in guest pids")
     t.trace_when("getsockopt", 2, (SO_PEERCRED,), sys_getsockopt_peercred, "SO_PEERCRED in guest pids")
+    t.trace_when("setsockopt", 2, (SO_PASSCRED,), sys_setsockopt_passcred,
+                 "SO_PASSCRED: the process's recvmsg calls are traced from then on")
+    for name in ("recvmsg", "recvmmsg"):
+        t.traced_by_process(name, sys_recvmsg_creds, "SCM_CREDENTIALS in guest pids once SO_PASSCRED is set")
     for name in ("clock_gettime", "clock_getres", "clock_nanosleep", "timer_create"):
         t.trace_when(name, 0, (PID_CLOCKS,), sys_clock_of_pid, "CPU clocks of other processes in guest pids")
     t.trace_when("fcntl", 1, (F_SETOWN, F_GETOWN, F_SETOWN_EX, F_GETOWN_EX), sys_fcntl_owner,

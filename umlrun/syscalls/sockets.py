@@ -19,11 +19,12 @@ from hostfs.pathwalk import prepare_create
 from sysemu._sysemu import ffi, lib
 from umlrun.kernel import CONTINUE, DEFERRED, Call, SysError
 from umlrun.syscalls.files import AT_FDCWD, check_writable, give_to_guest, lookup, s32
+from umlrun.syscalls.pids import credentials_out
 
 SOCKADDR_MAX = 128
 MAX_DATAGRAM = 1 << 22  # sendto with an address copies the data once; larger is EMSGSIZE
 UNIX_PATH_MAX = 108
-NR_BIND, NR_CONNECT, NR_SENDTO = 49, 42, 44
+NR_BIND, NR_CONNECT, NR_SENDTO, NR_SENDMSG = 49, 42, 44, 46
 
 
 def _read_addr(c: Call, addr: int, size: int) -> bytes:
@@ -144,11 +145,14 @@ def sys_sendto(k, c: Call):
 
 def sys_sendmsg(k, c: Call):
     """Without a destination (the common case) the call runs as made. A
-    destination that is a filesystem path is not offered yet (EOPNOTSUPP)."""
+    destination that is a filesystem path is not offered yet (EOPNOTSUPP).
+    Explicit SCM_CREDENTIALS are made the host's (umlrun/syscalls/pids.py)."""
     hdr = c.read(c.args[1], 56)
     name, namelen = int.from_bytes(hdr[0:8], "little"), int.from_bytes(hdr[8:12], "little")
     if name and namelen and _unix_path(c.read(name, min(namelen, SOCKADDR_MAX))) is not None:
         raise SysError(errno.EOPNOTSUPP)
+    if c.nr == NR_SENDMSG:
+        credentials_out(k, c, c.args[1])
     return CONTINUE
 
 

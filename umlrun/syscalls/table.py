@@ -117,6 +117,13 @@ class SyscallTable:
         entry.handler = handler
         entry.note = f"{entry.note}; {why}"
 
+    def traced_by_process(self, name: str, handler: Callable, why: str) -> None:
+        """A native call that a filter added to a process later (not the jail's)
+        makes stop in the tracer: its handler."""
+        entry = self.by_name[name]
+        entry.handler = handler
+        entry.note = f"{entry.note}; {why}"
+
     def deny(self, names: str, err: int, note: str) -> None:
         for name in names.split():
             self._set(name, DENIED, errno=err, note=note)
