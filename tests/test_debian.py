@@ -163,3 +163,22 @@ def test_supervisor_killed_during_a_build_leaves_nothing(debian_dev_root, tmp_pa
     while build_processes() and time.time() < deadline:
         time.sleep(0.1)
     assert build_processes() == {}
+
+
+def test_procps_tools_see_the_guest_pids(debian_root, tmp_path):
+    """procps's ps, pgrep, pkill and top, installed with apt in a throwaway
+    overlay, see the jail's own processes under their guest pids."""
+    script = ("apt-get install -y -q procps >/dev/null 2>&1 || exit 9; sleep 30 & a=$!; sleep 31 & b=$!; "
+              "pgrep -x sleep | tr '\\n' ' '; echo; pkill -f 'sleep 30'; wait $a; echo killed $?; "
+              "ps -o pid=,ppid=,pgid=,sid=,comm= | grep -E ' (sh|sleep)$'; top -b -n 1 | grep -c ' sleep *$'; "
+              "kill $b")
+    r = umlrun("run", "--net", "host", "-r", debian_root, "--overlay", tmp_path / "ovl", "--", "sh", "-c", script,
+               timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout.splitlines()
+    first, second = (int(p) for p in out[0].split())
+    assert second == first + 1 and first < 1000, out     # small guest pids, in creation order
+    assert out[1] == "killed 143"                          # pkill's SIGTERM reached the first sleep
+    rows = [line.split() for line in out[2:-1]]
+    assert rows == [["1", "0", "1", "0", "sh"], [str(second), "1", "1", "0", "sleep"]], out
+    assert out[-1] == "1"                                  # top shows the remaining sleep
