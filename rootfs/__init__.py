@@ -28,6 +28,10 @@ BUILDERS: dict[str, Builder] = {
     "busybox": busybox.populate,
     "debian": debian.populate,
 }
+# Trees made by a builder with more packages: name -> (builder, packages).
+FLAVOURS: dict[str, tuple[str, str]] = {
+    "debian-dev": ("debian", "python3,gcc,libc6-dev,make,git"),  # the test suite's and the benchmark's
+}
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -66,9 +70,11 @@ def build(
     include: str | None = None,
 ) -> Path:
     """Build tree `name` into dest (default: the cache) and return its path."""
-    builder = BUILDERS.get(name)
+    kind, packages = FLAVOURS.get(name, (name, None))
+    include = include or packages
+    builder = BUILDERS.get(kind)
     if builder is None:
-        raise RootfsError(f"unknown rootfs '{name}'; known builders: {', '.join(sorted(BUILDERS))}")
+        raise RootfsError(f"unknown rootfs '{name}'; known builders: {', '.join(sorted(BUILDERS | FLAVOURS))}")
     target = Path(dest) if dest is not None else _cached(name)
     if os.path.lexists(target):
         raise RootfsError(f"{target} already exists; remove it first (rm -rf {target}) to rebuild")

@@ -56,7 +56,6 @@ def test_no_network_by_default(busybox_root):
     assert "Address family not supported" not in host.stdout and "refused" in host.stdout.lower()
 
 
-DEV_PACKAGES = "python3,gcc,libc6-dev,make,git"
 DEV_SCRIPT = r"""
 set -e
 cd /tmp
@@ -74,9 +73,7 @@ git init -q && git add . && git -c user.email=t@t -c user.name=t commit -qm init
 def debian_dev_root():
     """A Debian tree with python3, gcc, make and git (built once, cached as debian-dev)."""
     import rootfs
-    from rootfs.cache import trees_dir
-    path = trees_dir() / "debian-dev"
-    return path if path.is_dir() else rootfs.build("debian", path, include=DEV_PACKAGES)
+    return rootfs.ensure("debian-dev")
 
 
 def test_python_gcc_make_git(debian_dev_root):

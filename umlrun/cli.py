@@ -72,6 +72,13 @@ def build_parser() -> Parser:
                         description="List the guest processes of your running jails (through each jail's "
                                     "control socket).")
     ps.add_argument("jail", nargs="?", type=int, help="only this jail (its supervisor's pid)")
+    b = sub.add_parser("bench", help="the side-by-side benchmark: native, PRoot, gVisor, umlrun",
+                       description="Run the workloads natively (a chroot of the same tree), under PRoot, "
+                                   "gVisor and umlrun, interleaved; print medians and ratios to native.")
+    b.add_argument("--quick", action="store_true", help="the short workloads, 3 rounds")
+    b.add_argument("--rounds", type=_positive(int, "--rounds"), help="rounds of every workload (default 5)")
+    b.add_argument("--only", action="append", metavar="W-NAME", help="only this workload (repeatable)")
+    b.add_argument("--markdown", action="store_true", help="print the table as Markdown (docs/benchmarks.md)")
     s = sub.add_parser("syscalls", help="print the syscall table (or write docs/syscalls.md)")
     s.add_argument("--markdown", action="store_true", help="as the Markdown compatibility table")
     return p
@@ -138,6 +145,11 @@ def cmd_ps(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from bench.harness import main_bench
+    return main_bench(args)
+
+
 def cmd_syscalls(args) -> int:
     from umlrun.compat import render
     sys.stdout.write(render(markdown=args.markdown))
@@ -150,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args)
     if args.command == "ps":
         return cmd_ps(args)
+    if args.command == "bench":
+        return cmd_bench(args)
     if args.command == "rootfs":
         from rootfs.cli import run
         return run(args)

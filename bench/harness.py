@@ -1,0 +1,241 @@
+"""The side-by-side benchmark: the same workloads natively (a chroot of the
+same tree), under PRoot, under gVisor and under umlrun in each interception
+mode, interleaved (A/B/A/B...), several rounds; medians, and ratios to native
+taken in the same run.
+
+A peer that is not installed is reported as missing, never estimated.
+Nothing here asserts a timing: the tests check the logic only.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PROBE_DIR = "opt/umlrun-bench"          # where the probes are put in each tree
+GUEST_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/root", "LANG": "C"}
+
+
+@dataclass
+class Workload:
+    name: str
+    tree: str                 # "busybox" or "debian-dev"
+    script: str               # run by the tree's /bin/sh
+    what: str
+    quick: bool = True        # part of --quick
+    long: bool = False        # only when asked for by name
+
+
+WORKLOADS = [
+    Workload("W-fork", "busybox", "i=0; while [ $i -lt 300 ]; do /bin/true; i=$((i+1)); done",
+             "300 fork+exec of /bin/true from busybox sh"),
+    Workload("W-stat", "busybox", f"/{PROBE_DIR}/loop stat 50000 /bin/busybox", "50,000 stat() of one path"),
+    Workload("W-open", "busybox", f"/{PROBE_DIR}/loop open 50000 /bin/busybox", "50,000 open+close of one path"),
+    Workload("W-syscall", "busybox",
+             f"/{PROBE_DIR}/loop getpid 100000 && /{PROBE_DIR}/loop read 100000 /bin/busybox",
+             "100,000 getpid() (emulated) + 100,000 pread() (passthrough)"),
+    Workload("W-py", "debian-dev", "python3 -c 'import json, email.parser, http.client, unittest, asyncio'",
+             "python3 importing json, email, http.client, unittest, asyncio"),
+    Workload("W-gcc", "debian-dev",
+             "d=$(mktemp -d) && cd $d && for i in 1 2 3 4; do echo \"int f$i(int x) { return x + $i; }\" > f$i.c; "
+             "done && printf 'int f1(int);int main(void){return f1(0) - 1;}' > main.c && "
+             "gcc -O2 -o prog main.c f1.c f2.c f3.c f4.c && ./prog; r=$?; rm -rf $d; exit $r",
+             "gcc compile+link of a 5-file C program", quick=False),
+    Workload("W-tar", "debian-dev",
+             "d=$(mktemp -d) && tar -C /usr/include -cf - . | tar -C $d -xf - && rm -rf $d",
+             "tar of /usr/include through a pipe, unpacked in /tmp", quick=False),
+    Workload("W-find", "debian-dev", "find / -xdev | wc -l >/dev/null", "find over the whole tree", quick=False),
+]
+
+
+# ---- peers ------------------------------------------------------------------------
+
+@dataclass
+class Runner:
+    name: str
+    missing: str | None = None            # why it cannot run here
+    prefix: list = field(default_factory=list)
+
+    def argv(self, tree: Path, script: str) -> list[str]:
+        return [*self.prefix, *self._root_args(tree), "/bin/sh", "-c", script]
+
+    def _root_args(self, tree: Path) -> list[str]:
+        if self.name == "native":
+            return [str(tree)]
+        if self.name == "proot":
+            return ["-r", str(tree), "-w", "/"]
+        if self.name == "gvisor":
+            return ["-root", str(tree)]
+        return ["-r", str(tree), "--"]
+
+
+def find_runners(which=shutil.which, euid: int | None = None) -> list[Runner]:
+    """Every runner, the missing ones with the reason."""
+    euid = os.geteuid() if euid is None else euid
+    out = []
+    if euid == 0 and which("chroot"):
+        out.append(Runner("native", prefix=[which("chroot")]))
+    elif which("unshare"):
+        out.append(Runner("native", prefix=[which("unshare"), "-r", "-R"]))
+    else:
+        out.append(Runner("native", missing="neither chroot (as root) nor unshare is installed"))
+    proot = which("proot")
+    out.append(Runner("proot", prefix=[proot]) if proot else Runner("proot", missing="proot is not installed"))
+    runsc = which("runsc")
+    out.append(Runner("gvisor", prefix=[runsc, "--rootless", "--network=none", "--platform=ptrace", "do"])
+               if runsc else Runner("gvisor", missing="runsc is not installed"))
+    umlrun = [sys.executable, "-m", "umlrun", "run"]
+    out.append(Runner("umlrun", prefix=umlrun))
+    out.append(Runner("umlrun-trace-all", prefix=[*umlrun, "--trace-all"]))
+    return out
+
+
+# ---- statistics ---------------------------------------------------------------------
+
+def median(samples: list[float]) -> float | None:
+    return statistics.median(samples) if samples else None
+
+
+def ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or not base:
+        return None
+    return value / base
+
+
+# ---- running --------------------------------------------------------------------------
+
+def prepare_tree(tree: Path) -> None:
+    """The probes, built static, in the tree (read-only for every runner)."""
+    dest = tree / PROBE_DIR
+    dest.mkdir(parents=True, exist_ok=True)
+    for src in sorted((HERE / "probes").glob("loop.c")):
+        exe = dest / src.stem
+        if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+            subprocess.run(["gcc", "-O1", "-static", "-o", str(exe), str(src)], check=True)
+
+
+def time_once(argv: list[str], timeout: float) -> float | str:
+    """Wall seconds of one run, or why it failed."""
+    start = time.perf_counter()
+    try:
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           env=GUEST_ENV, timeout=timeout, cwd="/")
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout:.0f} s"
+    took = time.perf_counter() - start
+    if r.returncode != 0:
+        lines = r.stderr.decode(errors="replace").strip().splitlines()
+        return f"exit {r.returncode}: {lines[-1] if lines else ''}"[:120]
+    return took
+
+
+def run(workloads: list[Workload], runners: list[Runner], trees: dict[str, Path], rounds: int,
+        timeout: float = 600, progress=None) -> dict:
+    """{workload: {runner: {"median": s, "samples": [...], "error": str|None}}}, interleaved."""
+    results = {w.name: {r.name: {"samples": [], "error": r.missing} for r in runners} for w in workloads}
+    for tree in {trees[w.tree] for w in workloads}:
+        prepare_tree(tree)
+    for rnd in range(rounds):
+        for w in workloads:
+            for r in runners:
+                cell = results[w.name][r.name]
+                if cell["error"] is not None:
+                    continue
+                took = time_once(r.argv(trees[w.tree], w.script), timeout)
+                if isinstance(took, str):
+                    cell["error"] = took
+                else:
+                    cell["samples"].append(took)
+                if progress:
+                    progress(rnd, w, r, took)
+    for cells in results.values():
+        for cell in cells.values():
+            cell["median"] = median(cell["samples"])
+    return results
+
+
+def table(results: dict, runners: list[Runner]) -> list[list[str]]:
+    """Rows for printing: workload, then per runner "median s (ratio x)"."""
+    rows = [["workload"] + [r.name for r in runners]]
+    for name, cells in results.items():
+        base = cells.get("native", {}).get("median")
+        row = [name]
+        for r in runners:
+            cell = cells[r.name]
+            if cell["median"] is None:
+                row.append("missing" if r.missing else "failed")
+                continue
+            x = ratio(cell["median"], base)
+            row.append(f"{cell['median']:.3f} s" + (f" ({x:.2f}x)" if x is not None and r.name != "native" else ""))
+        rows.append(row)
+    return rows
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, Python {platform.python_version()}"
+
+
+# ---- the command ----------------------------------------------------------------------
+
+def main_bench(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    import rootfs
+
+    console = Console(stderr=True)
+    chosen = [w for w in WORKLOADS if (w.name in args.only if args.only else (w.quick or not args.quick)
+                                       and not w.long)]
+    unknown = set(args.only or ()) - {w.name for w in WORKLOADS}
+    if unknown:
+        console.print(f"umlrun: unknown workload {', '.join(sorted(unknown))}; "
+                      f"known: {', '.join(w.name for w in WORKLOADS)}")
+        return 2
+    rounds = args.rounds or (3 if args.quick else 5)
+    trees = {name: rootfs.ensure(name, console=console) for name in {w.tree for w in chosen}}
+    runners = find_runners()
+    if args.quick:  # trap-all mode is for teaching; it alone would take minutes
+        runners = [r for r in runners if r.name != "umlrun-trace-all"]
+    for r in runners:
+        if r.missing:
+            console.print(f"[yellow]{r.name}: missing ({r.missing})[/]")
+
+    def progress(rnd, w, r, took):
+        shown = f"{took:.3f} s" if isinstance(took, float) else took
+        console.print(f"round {rnd + 1}/{rounds} {w.name:<10} {r.name:<17} {shown}", highlight=False)
+    results = run(chosen, runners, trees, rounds, progress=progress)
+    rows = table(results, runners)
+    if args.markdown:
+        print(f"Machine: {machine()}; {rounds} rounds, interleaved; median wall time (ratio to native).\n")
+        print("| " + " | ".join(rows[0]) + " |")
+        print("|" + "---|" * len(rows[0]))
+        for row in rows[1:]:
+            print("| " + " | ".join(row) + " |")
+    else:
+        t = Table(title=f"{machine()} - {rounds} rounds, medians (ratio to native)")
+        for h in rows[0]:
+            t.add_column(h)
+        for row in rows[1:]:
+            t.add_row(*row)
+        Console().print(t)
+    for name, cells in results.items():
+        for runner, cell in cells.items():
+            if cell["error"] and not any(r.name == runner and r.missing for r in runners):
+                console.print(f"[red]{name} under {runner} failed: {cell['error']}[/]", highlight=False)
+    return 0

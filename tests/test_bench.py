@@ -1,0 +1,52 @@
+"""The benchmark harness's own logic (bench/harness.py): medians, ratios, peer
+detection, the table, one real interleaved run. No timing is asserted."""
+from bench.harness import Runner, Workload, find_runners, median, ratio, run, table
+
+
+def test_median_and_ratio():
+    assert median([3.0, 1.0, 2.0]) == 2.0
+    assert median([4.0, 1.0, 2.0, 3.0]) == 2.5
+    assert median([]) is None
+    assert ratio(3.0, 1.5) == 2.0
+    assert ratio(None, 1.0) is None and ratio(1.0, None) is None and ratio(1.0, 0.0) is None
+
+
+def test_missing_peers_are_reported_not_faked():
+    runners = {r.name: r for r in find_runners(which=lambda name: None, euid=1000)}
+    assert runners["proot"].missing == "proot is not installed"
+    assert runners["gvisor"].missing == "runsc is not installed"
+    assert runners["native"].missing
+    assert runners["umlrun"].missing is None and runners["umlrun-trace-all"].missing is None
+
+
+def test_found_peers_get_their_command_lines(tmp_path):
+    tools = {"proot": "/x/proot", "runsc": "/x/runsc", "chroot": "/x/chroot", "unshare": "/x/unshare"}
+    runners = {r.name: r for r in find_runners(which=tools.get, euid=0)}
+    assert runners["native"].argv(tmp_path, "true") == ["/x/chroot", str(tmp_path), "/bin/sh", "-c", "true"]
+    assert runners["proot"].argv(tmp_path, "true")[:3] == ["/x/proot", "-r", str(tmp_path)]
+    assert "--platform=ptrace" in runners["gvisor"].argv(tmp_path, "true")
+    as_user = {r.name: r for r in find_runners(which=tools.get, euid=1000)}
+    assert as_user["native"].argv(tmp_path, "true")[:3] == ["/x/unshare", "-r", "-R"]
+
+
+def test_table_shows_medians_ratios_and_missing():
+    runners = [Runner("native"), Runner("proot", missing="proot is not installed"), Runner("umlrun")]
+    results = {"W-x": {"native": {"median": 0.5, "error": None}, "proot": {"median": None, "error": "missing"},
+                       "umlrun": {"median": 1.0, "error": None}},
+               "W-y": {"native": {"median": 0.5, "error": None}, "proot": {"median": None, "error": "x"},
+                       "umlrun": {"median": None, "error": "exit 1"}}}
+    rows = table(results, runners)
+    assert rows[0] == ["workload", "native", "proot", "umlrun"]
+    assert rows[1] == ["W-x", "0.500 s", "missing", "1.000 s (2.00x)"]
+    assert rows[2] == ["W-y", "0.500 s", "missing", "failed"]
+
+
+def test_an_interleaved_run_measures_every_runner(busybox_root):
+    runners = [r for r in find_runners() if r.name in ("native", "umlrun") and not r.missing]
+    seen = []
+    results = run([Workload("W-true", "busybox", "/bin/true", "one true")], runners, {"busybox": busybox_root},
+                  rounds=2, progress=lambda rnd, w, r, took: seen.append((rnd, r.name)))
+    assert seen == [(0, r.name) for r in runners] + [(1, r.name) for r in runners]  # A/B/A/B
+    for r in runners:
+        cell = results["W-true"][r.name]
+        assert cell["error"] is None and len(cell["samples"]) == 2 and cell["median"] is not None
