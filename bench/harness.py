@@ -30,7 +30,6 @@ class Workload:
     script: str               # run by the tree's /bin/sh
     what: str
     quick: bool = True        # part of --quick
-    long: bool = False        # only when asked for by name
 
 
 WORKLOADS = [
@@ -62,18 +61,10 @@ class Runner:
     name: str
     missing: str | None = None            # why it cannot run here
     prefix: list = field(default_factory=list)
+    root: tuple = ("{tree}",)             # how it is told the tree, after the prefix
 
     def argv(self, tree: Path, script: str) -> list[str]:
-        return [*self.prefix, *self._root_args(tree), "/bin/sh", "-c", script]
-
-    def _root_args(self, tree: Path) -> list[str]:
-        if self.name == "native":
-            return [str(tree)]
-        if self.name == "proot":
-            return ["-r", str(tree), "-w", "/"]
-        if self.name == "gvisor":
-            return ["-root", str(tree)]
-        return ["-r", str(tree), "--"]
+        return [*self.prefix, *(a.format(tree=tree) for a in self.root), "/bin/sh", "-c", script]
 
 
 def find_runners(which=shutil.which, euid: int | None = None) -> list[Runner]:
@@ -87,13 +78,16 @@ def find_runners(which=shutil.which, euid: int | None = None) -> list[Runner]:
     else:
         out.append(Runner("native", missing="neither chroot (as root) nor unshare is installed"))
     proot = which("proot")
-    out.append(Runner("proot", prefix=[proot]) if proot else Runner("proot", missing="proot is not installed"))
+    out.append(Runner("proot", prefix=[proot], root=("-r", "{tree}", "-w", "/")) if proot
+               else Runner("proot", missing="proot is not installed"))
     runsc = which("runsc")
-    out.append(Runner("gvisor", prefix=[runsc, "--rootless", "--network=none", "--platform=ptrace", "do"])
+    out.append(Runner("gvisor", prefix=[runsc, "--rootless", "--network=none", "--platform=ptrace", "do"],
+                      root=("-root", "{tree}"))
                if runsc else Runner("gvisor", missing="runsc is not installed"))
     umlrun = [sys.executable, "-m", "umlrun", "run"]
-    out.append(Runner("umlrun", prefix=umlrun))
-    out.append(Runner("umlrun-trace-all", prefix=[*umlrun, "--trace-all"]))
+    jail = ("-r", "{tree}", "--")
+    out.append(Runner("umlrun", prefix=umlrun, root=jail))
+    out.append(Runner("umlrun-trace-all", prefix=[*umlrun, "--trace-all"], root=jail))
     return out
 
 
@@ -112,13 +106,11 @@ def ratio(value: float | None, base: float | None) -> float | None:
 # ---- running --------------------------------------------------------------------------
 
 def prepare_tree(tree: Path) -> None:
-    """The probes, built static, in the tree (read-only for every runner)."""
-    dest = tree / PROBE_DIR
-    dest.mkdir(parents=True, exist_ok=True)
-    for src in sorted((HERE / "probes").glob("loop.c")):
-        exe = dest / src.stem
-        if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
-            subprocess.run(["gcc", "-O1", "-static", "-o", str(exe), str(src)], check=True)
+    """The probe, built static, in the tree (read-only for every runner)."""
+    src, exe = HERE / "probes" / "loop.c", tree / PROBE_DIR / "loop"
+    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        exe.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["gcc", "-O1", "-static", "-o", str(exe), str(src)], check=True)
 
 
 def time_once(argv: list[str], timeout: float) -> float | str:
@@ -200,8 +192,7 @@ def main_bench(args) -> int:
     import rootfs
 
     console = Console(stderr=True)
-    chosen = [w for w in WORKLOADS if (w.name in args.only if args.only else (w.quick or not args.quick)
-                                       and not w.long)]
+    chosen = [w for w in WORKLOADS if (w.name in args.only if args.only else w.quick or not args.quick)]
     unknown = set(args.only or ()) - {w.name for w in WORKLOADS}
     if unknown:
         console.print(f"umlrun: unknown workload {', '.join(sorted(unknown))}; "

@@ -34,6 +34,8 @@ class Screen:
                               check=True).stdout
 
     def wait_for(self, what: str, timeout: float = 15) -> str:
+        """Until `what` shows. It must be text only the output can hold: the
+        command line typed is on the screen too (hence markers like $((1+1)))."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             screen = self.text()
@@ -76,10 +78,10 @@ def test_job_control_in_bash(screen):
     time.sleep(0.5)
     s.keys("C-z")                                   # Ctrl-Z stops it
     s.wait_for("Stopped")
-    s.line("jobs -l; echo listed")
-    s.wait_for("listed")
-    s.line("bg; jobs; echo bg-done")
-    screen_text = s.wait_for("bg-done")
+    s.line("jobs -l; echo listed-$((1+1))")
+    s.wait_for("listed-2")
+    s.line("bg; jobs; echo bg-$((1+1))")
+    screen_text = s.wait_for("bg-2")
     assert "Running" in screen_text
     s.line("fg")                                    # and fg brings it back to the terminal
     time.sleep(0.5)
@@ -110,7 +112,7 @@ def test_full_screen_programs_and_resize(screen, busybox_root):
     top = s.text()
     assert "top" in top and "sh" in top
     s.keys("q")
-    s.line("echo back")
-    s.wait_for("back")
+    s.line("echo back-$((1+1))")
+    s.wait_for("back-2")
     s.line("exit")
     s.wait_for("EXITED 0")

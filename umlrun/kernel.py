@@ -239,8 +239,8 @@ class Kernel:
         else:
             platform.respond(n.id, result)
 
-    def report_bug(self, what: str) -> None:
-        sys.stderr.write(f"umlrun: internal error while emulating {what} (the guest got EIO):\n")
+    def report_bug(self, what: str, outcome: str = "the guest got EIO") -> None:
+        sys.stderr.write(f"umlrun: internal error while emulating {what} ({outcome}):\n")
         traceback.print_exc(file=sys.stderr)
 
     # ---- ptrace stops -----------------------------------------------------------------
@@ -471,7 +471,12 @@ class Kernel:
         if proc.at_exit is not None and (not proc.reexec or proc.extra.get("reexec_stage") == 1):
             fix, proc.at_exit = proc.at_exit, None
             regs = self.platform.getregs(pid)
-            fix(regs)
+            try:
+                fix(regs)
+            except GUEST_ERRORS:
+                pass  # guest memory gone meanwhile (another thread unmapped it): left as the call left it
+            except Exception:
+                self.report_bug(f"the exit of syscall {regs.orig_rax}", "its result left untranslated")
             self.platform.setregs(pid, regs)
             if not proc.reexec:
                 self.resume(pid, proc)

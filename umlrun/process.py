@@ -167,7 +167,7 @@ class ProcessTable:
 
     def live(self, guest: int) -> Process | None:
         """The live guest task with this guest pid."""
-        host = self.ns.host_of.get(guest) if guest > 0 else None
+        host = self.host_pid(guest)
         return self.by_tid.get(host) if host is not None else None
 
     def vppid(self, proc: Process) -> int:
@@ -193,10 +193,6 @@ class ProcessTable:
                 os.close(p.pidfd)
             self.ns.died(tid, self.tgids)
         return p
-
-    def is_guest_pid(self, pid: int) -> bool:
-        """True when pid is a guest thread or thread group."""
-        return pid in self.by_tid
 
     def tgids(self) -> set[int]:
         return {p.tgid for p in self.by_tid.values()}

@@ -20,13 +20,13 @@ import struct
 from umlrun.kernel import Call, SysError
 from umlrun.syscalls.files import s32
 
-P_ALL, P_PID, P_PGID = 0, 1, 2
+P_PID, P_PGID = 1, 2
 TIOCGPGRP, TIOCSPGRP, TIOCGSID = 0x540F, 0x5410, 0x5429
 SOL_SOCKET, SO_PEERCRED = 1, 17
 F_SETOWN, F_GETOWN, F_SETOWN_EX, F_GETOWN_EX = 8, 9, 15, 16
 F_OWNER_PGRP = 2
-SI_PID_OFFSET = 16
-NO_PID = 0x7FFFFFFF  # above PID_MAX_LIMIT: no process has it   # si_pid, then si_uid, in a siginfo_t
+SI_PID_OFFSET = 16   # si_pid, then si_uid, in a siginfo_t
+NO_PID = 0x7FFFFFFF  # above PID_MAX_LIMIT: no process has it
 
 
 def _positive(regs) -> int:
@@ -50,18 +50,32 @@ def host_of_live(k, vpid: int) -> int:
     return proc.tid
 
 
-def host_of_group(k, vpgid: int) -> int | None:
-    """The host pgid/sid behind a guest one, if a live guest process is in it."""
-    host = k.procs.host_pid(vpgid)
-    if host is None:
+def _pgid_of(tgid: int) -> int | None:
+    try:
+        return os.getpgid(tgid)
+    except OSError:
         return None
+
+
+def leaders(k):
+    """Every guest process, by its leader task."""
     for tgid in k.procs.tgids():
-        try:
-            if os.getpgid(tgid) == host:
-                return host
-        except OSError:
-            pass
-    return None
+        leader = k.procs.get(tgid)
+        if leader is not None:
+            yield leader
+
+
+def group_leaders(k, hpgid: int):
+    """The guest processes in a host process group."""
+    return (p for p in leaders(k) if _pgid_of(p.tgid) == hpgid)
+
+
+def host_of_group(k, vpgid: int) -> int | None:
+    """The host pgid behind a guest one, if a live guest process is in it."""
+    host = k.procs.host_pid(vpgid)
+    if host is None or next(group_leaders(k, host), None) is None:
+        return None
+    return host
 
 
 # ---- answered from the process table --------------------------------------------------
@@ -148,13 +162,10 @@ def sys_waitid(k, c: Call):
     def fix(regs, tid=c.pid):
         if regs.rax != 0:
             return
-        try:
-            host_pid, host_uid = struct.unpack("iI", k.platform.read(tid, infop + SI_PID_OFFSET, 8))
-            if host_pid:
-                k.platform.write(tid, infop + SI_PID_OFFSET,
-                                 struct.pack("iI", k.procs.vpid(host_pid), k.guest_uid(host_pid, host_uid)))
-        except OSError:
-            pass
+        host_pid, host_uid = struct.unpack("iI", k.platform.read(tid, infop + SI_PID_OFFSET, 8))
+        if host_pid:
+            k.platform.write(tid, infop + SI_PID_OFFSET,
+                             struct.pack("iI", k.procs.vpid(host_pid), k.guest_uid(host_pid, host_uid)))
     c.proc.at_exit = fix
 
 
@@ -162,25 +173,15 @@ def _pid_in_memory_for_call(k, c: Call, addr: int, host: int, guest: int) -> Non
     """A pid the call reads from guest memory: the host's is written there for
     the call, and the guest's put back at its exit."""
     c.write(addr, struct.pack("i", host))
-
-    def restore(regs, tid=c.pid):
-        try:
-            k.platform.write(tid, addr, struct.pack("i", guest))
-        except OSError:
-            pass
-    c.proc.at_exit = restore
+    c.proc.at_exit = lambda regs, tid=c.pid: k.platform.write(tid, addr, struct.pack("i", guest))
 
 
 def _pid_in_memory_from_call(k, c: Call, addr: int) -> None:
     """A pid the call writes to guest memory: made the guest's at its exit."""
     def fix(regs, tid=c.pid):
-        if regs.rax != 0:
-            return
-        try:
+        if regs.rax == 0:
             host = struct.unpack("i", k.platform.read(tid, addr, 4))[0]
             k.platform.write(tid, addr, struct.pack("i", k.procs.vpid(host)))
-        except OSError:
-            pass
     c.proc.at_exit = fix
 
 
@@ -206,15 +207,16 @@ def sys_getsockopt_peercred(k, c: Call):
         return None
 
     def fix(regs, tid=c.pid):
-        if regs.rax != 0:
-            return
-        try:
-            pid, uid, gid = struct.unpack("iII", k.platform.read(tid, optval, 12))
-            k.platform.write(tid, optval, struct.pack("iII", k.procs.vpid(pid), *k.guest_ids(pid, uid, gid)))
-        except OSError:
-            pass
+        if regs.rax == 0:
+            _ucred_to_guest(k, tid, optval)
     c.proc.at_exit = fix
     return None
+
+
+def _ucred_to_guest(k, tid: int, addr: int) -> None:
+    """A struct ucred {pid, uid, gid} in guest memory, from the host's names to the guest's."""
+    pid, uid, gid = struct.unpack("iII", k.platform.read(tid, addr, 12))
+    k.platform.write(tid, addr, struct.pack("iII", k.procs.vpid(pid), *k.guest_ids(pid, uid, gid)))
 
 
 def sys_fcntl_owner(k, c: Call):
@@ -293,7 +295,8 @@ def sys_clock_of_pid(k, c: Call):
 SO_PASSCRED, SCM_CREDENTIALS = 16, 2
 NR_SETSOCKOPT, NR_RECVMSG, NR_RECVMMSG, NR_SECCOMP = 54, 47, 299, 317
 SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC = 1, 1
-MSGHDR, MMSGHDR = 56, 64
+MMSGHDR = 64
+MAX_CONTROL = 1 << 18   # past Linux's optmem_max: a longer control buffer is refused (ENOBUFS)
 _RECV_FILTER = b"".join(struct.pack("=HBBI", *insn) for insn in (
     (0x20, 0, 0, 0),                 # A = syscall number
     (0x15, 2, 0, NR_RECVMSG),        # recvmsg: trace
@@ -303,17 +306,21 @@ _RECV_FILTER = b"".join(struct.pack("=HBBI", *insn) for insn in (
 ))
 
 
-def _credentials(k, tid: int, hdr_addr: int):
+def _credentials(k, tid: int, hdr_addr: int) -> list[tuple[int, int, int, int]]:
     """(address, pid, uid, gid) of each SCM_CREDENTIALS message of a msghdr."""
     control, length = struct.unpack("QQ", k.platform.read(tid, hdr_addr + 32, 16))
-    off = 0
-    while control and off + 16 <= length:
-        clen, level, kind = struct.unpack("Qii", k.platform.read(tid, control + off, 16))
+    if not control:
+        return []
+    data = k.platform.read(tid, control, min(length, MAX_CONTROL))
+    found, off = [], 0
+    while off + 16 <= len(data):
+        clen, level, kind = struct.unpack_from("Qii", data, off)
         if clen < 16:
-            return
-        if level == SOL_SOCKET and kind == SCM_CREDENTIALS and clen >= 28:
-            yield (control + off + 16, *struct.unpack("iII", k.platform.read(tid, control + off + 16, 12)))
+            break
+        if level == SOL_SOCKET and kind == SCM_CREDENTIALS and clen >= 28 and off + 28 <= len(data):
+            found.append((control + off + 16, *struct.unpack_from("iII", data, off + 16)))
         off += (clen + 7) & ~7
+    return found
 
 
 def sys_setsockopt_passcred(k, c: Call):
@@ -343,12 +350,9 @@ def sys_recvmsg_creds(k, c: Call):
         if regs.rax >> 63:
             return
         headers = [arg] if nr == NR_RECVMSG else [arg + MMSGHDR * i for i in range(regs.rax)]
-        try:
-            for hdr in headers:
-                for addr, pid, uid, gid in list(_credentials(k, tid, hdr)):
-                    k.platform.write(tid, addr, struct.pack("iII", k.procs.vpid(pid), *k.guest_ids(pid, uid, gid)))
-        except OSError:
-            pass
+        for hdr in headers:
+            for addr, *_ in _credentials(k, tid, hdr):
+                _ucred_to_guest(k, tid, addr)
     c.proc.at_exit = fix
     return None
 
@@ -358,14 +362,14 @@ def credentials_out(k, c: Call, hdr_addr: int) -> None:
     (its own pid and ids, unless it is root, which may name any guest process
     and ids), then the host's values for the kernel's check."""
     cred = c.proc.cred
-    for addr, vpid, uid, gid in list(_credentials(k, c.pid, hdr_addr)):
-        own = vpid == k.procs.vpid(c.proc.tgid)
-        if not own and (cred.euid != 0 or k.procs.live(vpid) is None):
+    for addr, vpid, uid, gid in _credentials(k, c.pid, hdr_addr):
+        named = c.proc if vpid == k.procs.vpid(c.proc.tgid) else k.procs.live(vpid)
+        if named is not c.proc and (cred.euid != 0 or named is None):
             raise SysError(errno.EPERM if cred.euid != 0 else errno.ESRCH)
         if cred.euid != 0 and (uid not in (cred.ruid, cred.euid, cred.suid)
                                or gid not in (cred.rgid, cred.egid, cred.sgid)):
             raise SysError(errno.EPERM)
-        c.write(addr, struct.pack("iII", c.proc.tgid if own else k.procs.live(vpid).tgid, *k.host_ids()))
+        c.write(addr, struct.pack("iII", named.tgid, *k.host_ids()))
 
 
 def register(t) -> None:

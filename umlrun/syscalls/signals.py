@@ -24,7 +24,7 @@ import os
 from sysemu._sysemu import ffi, lib
 from umlrun.kernel import ARG_REGS, CONTINUE, GUEST_ERRORS, Call, SysError, catches
 from umlrun.syscalls.files import guest_fd_link, s32
-from umlrun.syscalls.pids import host_of_group, host_of_live
+from umlrun.syscalls.pids import group_leaders, host_of_group, host_of_live, leaders
 
 PRIO_PROCESS, PRIO_PGRP = 0, 1
 IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP = 1, 2
@@ -85,13 +85,6 @@ def _send_each(k, c: Call, targets, sig: int) -> int:
     return 0
 
 
-def _leaders(k):
-    for tgid in k.procs.tgids():
-        proc = k.procs.get(tgid)
-        if proc is not None:
-            yield proc
-
-
 def sys_kill(k, c: Call):
     pid, sig = s32(c.args[0]), s32(c.args[1])
     _check_sig(sig)
@@ -102,18 +95,11 @@ def sys_kill(k, c: Call):
         return 0
     if pid == -1:  # every guest process but pid 1 and the caller, as in a pid namespace
         init = k.procs.init.tgid if k.procs.init else None
-        return _send_each(k, c, [p for p in _leaders(k) if p.tgid not in (init, c.proc.tgid)], sig)
+        return _send_each(k, c, [p for p in leaders(k) if p.tgid not in (init, c.proc.tgid)], sig)
     hpgid = os.getpgid(c.pid) if pid == 0 else host_of_group(k, -pid)
     if hpgid is None:
         raise SysError(errno.ESRCH)
-    return _send_each(k, c, [p for p in _leaders(k) if _pgid(p.tgid) == hpgid], sig)
-
-
-def _pgid(tgid: int) -> int | None:
-    try:
-        return os.getpgid(tgid)
-    except OSError:
-        return None
+    return _send_each(k, c, list(group_leaders(k, hpgid)), sig)
 
 
 def sys_tgkill(k, c: Call):
@@ -177,10 +163,13 @@ def who_arg(process: int, pgrp: int):
     """getpriority/setpriority/ioprio_*: (which, who) pairs."""
     def handler(k, c: Call):
         which, who = s32(c.args[0]), s32(c.args[1])
+        host = None
         if who > 0 and which == process:
-            c.rewrite_arg(1, host_of_live(k, who))
-        elif who > 0 and which == pgrp and host_of_group(k, who) is not None:
-            c.rewrite_arg(1, host_of_group(k, who))
+            host = host_of_live(k, who)
+        elif who > 0 and which == pgrp:
+            host = host_of_group(k, who)
+        if host is not None:
+            c.rewrite_arg(1, host)
         elif who != 0:
             raise SysError(errno.ESRCH)
         return None

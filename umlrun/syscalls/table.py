@@ -112,14 +112,13 @@ class SyscallTable:
     def trace_when(self, name: str, arg: int, values: tuple, handler: Callable, why: str) -> None:
         """A native call, except these int argument values (or (lo, hi) ranges),
         which stop in the tracer (RET_TRACE) and go to handler."""
-        entry = self.by_name[name]
-        entry.int_rules += tuple((arg, v, ("trace", 0)) for v in values)
-        entry.handler = handler
-        entry.note = f"{entry.note}; {why}"
+        self.by_name[name].int_rules += tuple((arg, v, ("trace", 0)) for v in values)
+        self.traced_by_process(name, handler, why)
 
     def traced_by_process(self, name: str, handler: Callable, why: str) -> None:
-        """A native call that a filter added to a process later (not the jail's)
-        makes stop in the tracer: its handler."""
+        """The handler of a native call when it stops in the tracer: for values
+        trace_when names, or because a filter added to a process later (not the
+        jail's) traces it."""
         entry = self.by_name[name]
         entry.handler = handler
         entry.note = f"{entry.note}; {why}"
