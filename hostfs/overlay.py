@@ -128,10 +128,13 @@ class OverlayFS:
         h.upper = fd
         return fd
 
+    copy_ups = 0  # every copy-up of any overlay: a guest path now names another host file
+
     def copy_up(self, h: OvlDir, name: bytes, st, owned: list[int]) -> int:
         """Bring lower `name` (lstat st) into the upper layer; returns the upper directory fd.
         Written under a temporary name and renamed, so a failure (a full disk)
         never leaves a half-copied file visible."""
+        OverlayFS.copy_ups += 1
         upper = self.upper_dir(h, owned)
         tmp = b".umlrun-copyup-" + name[:32]
         try:

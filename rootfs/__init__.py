@@ -5,28 +5,33 @@ empty directory; build() gives it a temporary sibling of the destination and
 renames that into place only on success, so a failed or interrupted build never
 leaves a half tree under the cache name. To add a builder (e.g. a Debian tree),
 write a module with populate(tree, *, mirror, suite, ui) and list it in BUILDERS.
+
+The builders (and rich) are imported only when a tree is built: every
+`umlrun run` imports this package to resolve a tree's name, and their imports
+alone took longer than the jail's own start.
 """
+from __future__ import annotations
+
+import importlib
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-
-from . import busybox, debian
 from .cache import cache_dir, trees_dir
 from .errors import RootfsError
-from .ui import Ui
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["RootfsError", "build", "cache_dir", "ensure", "list_trees", "resolve", "tree_path", "BUILDERS"]
 
-Builder = Callable[..., None]  # populate(tree: Path, *, mirror, suite, ui: Ui) -> None
-
-BUILDERS: dict[str, Builder] = {
-    "busybox": busybox.populate,
-    "debian": debian.populate,
+# name -> the module whose populate(tree: Path, *, mirror, suite, ui: Ui) fills a tree
+BUILDERS: dict[str, str] = {
+    "busybox": "rootfs.busybox",
+    "debian": "rootfs.debian",
 }
 # Trees made by a builder with more packages: name -> (builder, packages).
 FLAVOURS: dict[str, tuple[str, str]] = {
@@ -72,13 +77,14 @@ def build(
     """Build tree `name` into dest (default: the cache) and return its path."""
     kind, packages = FLAVOURS.get(name, (name, None))
     include = include or packages
-    builder = BUILDERS.get(kind)
-    if builder is None:
+    if kind not in BUILDERS:
         raise RootfsError(f"unknown rootfs '{name}'; known builders: {', '.join(sorted(BUILDERS | FLAVOURS))}")
     target = Path(dest) if dest is not None else _cached(name)
     if os.path.lexists(target):
         raise RootfsError(f"{target} already exists; remove it first (rm -rf {target}) to rebuild")
     target.parent.mkdir(parents=True, exist_ok=True)
+    from .ui import Ui
+    builder = importlib.import_module(BUILDERS[kind]).populate
     ui = Ui(console)
     ui.step(f"building rootfs '{name}' in {target}")
     # A sibling, so the final os.rename() stays on one filesystem and is atomic.

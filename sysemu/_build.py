@@ -38,6 +38,13 @@ int sysemu_pidfd_open(int pid);
 int sysemu_pidfd_getfd(int pidfd, int fd);
 long sysemu_fstatat(int dirfd, const char *path, void *buf, int flags);
 long sysemu_statx(int dirfd, const char *path, int flags, unsigned int mask, void *buf);
+void sysemu_fast_enable(int on, unsigned int uid0, unsigned int uid1, unsigned int gid0, unsigned int gid1);
+int sysemu_fast_task(int tid, int vtid, int vtgid, int paths, const char *cwd, int cwdlen);
+void sysemu_fast_forget(int tid);
+void sysemu_fast_revoke(void);
+int sysemu_fast_remember(const char *key, int keylen, int follow, const char *host,
+                         uint64_t dev, uint64_t ino, long long uid, long long gid, int reg);
+unsigned long sysemu_fast_answered(void);
 long sysemu_syscall6(long nr, long a, long b, long c, long d, long e, long f);
 
 int sysemu_child_exec(const char *path, char *const argv[], char *const envp[],
@@ -50,6 +57,7 @@ ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "sysemu._sysemu",
     (HERE / "sysemu.c").read_text(),
+    depends=[str(HERE / "fastpath.c"), str(HERE / "sysemu.h")],
     include_dirs=[str(HERE)],
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
 )

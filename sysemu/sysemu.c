@@ -24,6 +24,8 @@
 #include <sys/user.h>
 #include <sys/wait.h>
 #include <grp.h>
+#include <linux/audit.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 /* Newer than the headers of older distributions. */
@@ -47,6 +49,12 @@
 #endif
 
 #include "sysemu.h"
+
+static long sysemu_read_string(int pid, uint64_t addr, char *buf, size_t max);
+static long sysemu_write(int pid, uint64_t addr, const void *buf, size_t len);
+static int sysemu_respond(int notify_fd, uint64_t id, int64_t val, int error, uint32_t flags);
+static int sysemu_addfd(int notify_fd, uint64_t id, int srcfd, uint32_t newfd_flags, int send, int tid);
+#include "fastpath.c"
 
 /* ---- the event wait ------------------------------------------------------ */
 
@@ -96,6 +104,8 @@ static int sysemu_wait(int notify_fd, int sig_fd, struct sysemu_event *ev)
             struct seccomp_notif req;
             memset(&req, 0, sizeof req); /* the kernel refuses a dirty buffer */
             if (ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_RECV, &req) == 0) {
+                if (fast_answer(notify_fd, &req))
+                    continue;
                 ev->kind = 1;
                 ev->pid = req.pid;
                 ev->status = 0;
@@ -125,37 +135,54 @@ static int sysemu_respond(int notify_fd, uint64_t id, int64_t val, int error, ui
     return ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp) < 0 ? -errno : 0;
 }
 
-/* Install srcfd in the guest and answer the call with the new number, atomically. */
-static cpu_set_t all_cpus;
-static int all_cpus_known;
+/* ---- keeping a wake-up on this CPU ---------------------------------------------
+ *
+ * Waking a task that last ran on the other CPU costs that CPU's exit from
+ * idle: on these VMs a ptrace round trip is ~50 us that way and ~14 us when
+ * the guest is woken beside the supervisor (measured with bench/probes/floor.c).
+ * So a guest thread the supervisor is about to wake is held on the CPU the
+ * supervisor runs on for the length of the waking call, then given back every
+ * CPU: it starts here, as the supervisor goes back to sleep, and the
+ * scheduler's balancing still spreads a parallel build over every core. */
+struct held { int tid; int on; cpu_set_t mask; };
 
-/* ADDFD waits for the guest thread to install the descriptor itself, and its
- * wake-up is an ordinary one: the scheduler would move the guest to the idle
- * CPU and the supervisor's own wake-up back would cross CPUs again (measured:
- * ~90 us an open instead of ~28). So for the length of the ioctl the guest is
- * held on the CPU the supervisor runs on, which the synchronous wake-up of
- * the notification already made the guest's own. */
+/* The guest's own mask is given back as it was (it may have set one, with
+ * taskset), and a guest not allowed on this CPU is left where it is. */
+static void hold_here(int tid, struct held *h)
+{
+    h->tid = tid;
+    h->on = 0;
+    if (tid <= 0 || sched_getaffinity(tid, sizeof h->mask, &h->mask) < 0)
+        return;
+    int cpu = sched_getcpu();
+    if (cpu < 0 || !CPU_ISSET(cpu, &h->mask) || CPU_COUNT(&h->mask) == 1)
+        return;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    h->on = sched_setaffinity(tid, sizeof one, &one) == 0;
+}
+
+static void let_go(const struct held *h)
+{
+    if (h->on)
+        sched_setaffinity(h->tid, sizeof h->mask, &h->mask);
+}
+
+/* Install srcfd in the guest and answer the call with the new number,
+ * atomically. ADDFD waits for the guest thread to install the descriptor
+ * itself, with an ordinary wake-up (~90 us an open unheld, ~28 held). */
 static int sysemu_addfd(int notify_fd, uint64_t id, int srcfd, uint32_t newfd_flags, int send, int tid)
 {
-    int pinned = 0;
-    if (tid > 0) {
-        if (!all_cpus_known) {
-            sched_getaffinity(0, sizeof all_cpus, &all_cpus);
-            all_cpus_known = 1;
-        }
-        cpu_set_t one;
-        CPU_ZERO(&one);
-        CPU_SET(sched_getcpu(), &one);
-        pinned = sched_setaffinity(tid, sizeof one, &one) == 0;
-    }
+    struct held h;
+    hold_here(tid, &h);
     struct seccomp_notif_addfd a = {
         .id = id, .flags = send ? SECCOMP_ADDFD_FLAG_SEND : 0, .srcfd = srcfd, .newfd = 0,
         .newfd_flags = newfd_flags,
     };
     int r = ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_ADDFD, &a);
     int err = errno;
-    if (pinned)
-        sched_setaffinity(tid, sizeof all_cpus, &all_cpus);
+    let_go(&h);
     return r < 0 ? -err : r;
 }
 
@@ -208,9 +235,14 @@ static long sysemu_seize(int pid, long options)
     return ptrace(PTRACE_SEIZE, pid, 0, options) < 0 ? -errno : 0;
 }
 
+/* Resume a stopped tracee, woken on this CPU (see hold_here). */
 static long sysemu_cont(int pid, int request, int sig)
 {
-    return ptrace(request, pid, 0, (long)sig) < 0 ? -errno : 0;
+    struct held h;
+    hold_here(pid, &h);
+    long r = ptrace(request, pid, 0, (long)sig) < 0 ? -errno : 0;
+    let_go(&h);
+    return r;
 }
 
 static long sysemu_getregs(int pid, struct user_regs_struct *regs)

@@ -34,6 +34,7 @@ from sysemu.platform import (
     GuestFault,
     Platform,
 )
+from umlrun.fastpath import FastPath
 from umlrun.process import Cred, Process, ProcessTable
 from umlrun.syscalls.table import EMULATED, build_table
 
@@ -50,12 +51,15 @@ class SysError(Exception):
 
 
 class InstallFd:
-    """Handler result: install this host descriptor in the guest as the call's result."""
+    """Handler result: install this host descriptor in the guest as the call's result.
 
-    __slots__ = ("fd", "cloexec")
+    settle: the supervisor's own copy is closed before the guest runs again (one
+    more round trip), for objects whose last close the guest may observe."""
 
-    def __init__(self, fd: int, cloexec: bool):
-        self.fd, self.cloexec = fd, cloexec
+    __slots__ = ("fd", "cloexec", "settle")
+
+    def __init__(self, fd: int, cloexec: bool, settle: bool = False):
+        self.fd, self.cloexec, self.settle = fd, cloexec, settle
 
 
 GUEST_ERRORS = (SysError, WalkError, GuestFault)
@@ -130,6 +134,7 @@ class Kernel:
         self.trap_all = trap_all
         self.trace = trace                      # callable(proc, nr, args) or None
         self.platform: Platform | None = None
+        self.fast: FastPath | None = None       # answers in the C loop (umlrun/fastpath.py)
         self.procfs = None                      # the guest's /proc (hostfs.procfs.ProcFS)
         self.devpts = None                      # the guest's /dev/pts (hostfs.devpts.DevPts)
         # Host ids that mean "the guest" on files: shown as the guest's root.
@@ -162,6 +167,8 @@ class Kernel:
         # Pid 1 reaps orphans (sysemu_child_exec makes it a subreaper); what
         # outlives pid 1 comes to the supervisor, not to a host process.
         self.platform.become_subreaper()
+        # Calls answered in C would be missing from the trace.
+        self.fast = FastPath(self, enabled=self.trace is None and not self.trap_all)
         uid = self.chown_to[0] if self.chown_to else -1
         gid = self.chown_to[1] if self.chown_to else -1
         pid = self.platform.spawn(path, argv, envp, cwd=scratch_dir, drop_uid=uid, drop_gid=gid,
@@ -205,12 +212,18 @@ class Kernel:
     # ---- seccomp notifications ---------------------------------------------------------
 
     def on_notify(self, n) -> None:
-        platform = self.platform
         entry = self.table.by_nr.get(n.nr)
         proc = self.procs.get(n.pid) or self.procs.placeholder(n.pid)
         call = Call(self, proc, n.pid, n.nr, tuple(n.args), notif_id=n.id)
         if self.trace is not None:
             self.trace(proc, n.nr, call.args)
+        try:
+            self.answer(n, entry, call)
+        finally:
+            self.fast.after(entry.name if entry else "", call)
+
+    def answer(self, n, entry, call) -> None:
+        platform = self.platform
         try:
             result = entry.handler(self, call)
         except GUEST_ERRORS as e:
@@ -232,12 +245,17 @@ class Kernel:
         elif result is DEFERRED:
             pass
         elif isinstance(result, InstallFd):
-            r = platform.install_fd(n.id, result.fd, result.cloexec, tid=n.pid)
+            r = platform.install_fd(n.id, result.fd, result.cloexec, send=not result.settle, tid=n.pid)
             os.close(result.fd)
-            if r < 0:
+            if r < 0 or result.settle:
                 platform.respond(n.id, r)
         else:
             platform.respond(n.id, result)
+
+    def forget(self, tid: int) -> Process | None:
+        """A task is gone."""
+        self.fast.forget(tid)
+        return self.procs.remove(tid)
 
     def report_bug(self, what: str, outcome: str = "the guest got EIO") -> None:
         sys.stderr.write(f"umlrun: internal error while emulating {what} ({outcome}):\n")
@@ -255,7 +273,7 @@ class Kernel:
 
     def on_wait(self, pid: int, status: int) -> None:
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-            self.procs.remove(pid)
+            self.forget(pid)
             if self.procs.init is not None and pid == self.procs.init.tid:
                 self.exit_status = (os.WEXITSTATUS(status) if os.WIFEXITED(status)
                                     else 128 + os.WTERMSIG(status))
@@ -416,9 +434,10 @@ class Kernel:
     def on_exec(self, pid: int, proc: Process | None) -> None:
         former = self.platform.eventmsg(pid)
         if former != pid:  # a non-leader thread exec'd and took over the leader's pid
-            old = self.procs.remove(former)
+            old = self.forget(former)
             if old is not None and proc is not None:
                 proc.cred = old.cred
+        self.fast.forget(pid)
         if proc is not None:
             proc.exec_pending = proc.at_exit = None
             proc.extra["exe"] = proc.extra.pop("next_exe", None)
@@ -448,6 +467,7 @@ class Kernel:
         except Exception:
             self.report_bug(entry.name)
             result = -errno.EIO
+        self.fast.after(entry.name, call)
         if result is not None:  # answered here: skip the syscall, set its result
             regs.orig_rax = 0xFFFFFFFFFFFFFFFF
             regs.rax = result & 0xFFFFFFFFFFFFFFFF

@@ -14,6 +14,7 @@ import stat
 from hostfs.devpts import PTMX_RDEV
 from hostfs.pathwalk import MAGIC_MOUNT, prepare_create, prepare_write
 from sysemu._sysemu import ffi, lib
+from umlrun.fastpath import O_WRITES
 from umlrun.kernel import Call, InstallFd, SysError
 
 AT_FDCWD = -100
@@ -312,8 +313,12 @@ def do_open(k, call: Call, dirfd: int, path: bytes, flags: int, mode: int, resol
             # guest whose open waits behind this one: never block the supervisor.
             return k.open_blocking(call, d.parent_fd, d.name, hostflags, flags & os.O_CLOEXEC)
         fd = os.open(d.name, hostflags, mode, dir_fd=d.parent_fd)
+        if not flags & O_WRITES and stat.S_ISREG(st.st_mode):
+            k.fast.remember(call, dirfd, path, follow, d)
         if st is not None and stat.S_ISCHR(st.st_mode) and st.st_rdev == PTMX_RDEV and k.devpts is not None:
             k.devpts.adopt_master(fd)  # a new pty pair: its slave appears in /dev/pts
+            # Once the guest closes its master, the pty's number is free at once, as on Linux.
+            return InstallFd(fd, bool(flags & os.O_CLOEXEC), settle=True)
         if (creat and st is None) or tmpfile:
             if k.chown_to is not None:
                 os.fchown(fd, *k.chown_to)

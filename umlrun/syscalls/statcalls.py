@@ -126,8 +126,10 @@ def do_stat(k, c: Call, dirfd: int, path_arg: int, buf: int, flags: int) -> int:
     if not path and flags & AT_EMPTY_PATH:
         data = _stat_fd(k, c, dirfd)
     else:
-        with lookup(k, c, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
+        follow = not flags & AT_SYMLINK_NOFOLLOW
+        with lookup(k, c, dirfd, path, follow=follow) as d:
             data = stat_dentry(k, d)
+            k.fast.remember(c, dirfd, path, follow, d)
     c.write(c.args[buf], data)
     return 0
 

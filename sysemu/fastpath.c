@@ -1,0 +1,275 @@
+/* Answers in the C loop: the calls the guest makes most, answered without
+ * waking Python (compiled with sysemu.c; umlrun/fastpath.py is the other half).
+ *
+ * Python stays the authority. It hands C facts it has established, and C
+ * answers only from those facts; anything else (a miss, an error, a flag C
+ * does not know) goes to Python, which answers as it always does:
+ *   - tasks: host tid -> guest tid and pid (getpid, gettid), and whether the
+ *     task may use the path cache (its root is the jail's, it is the fake
+ *     root, so a walk checks no permission) with its working directory;
+ *   - paths: a guest path as the guest wrote it (joined to the cwd when
+ *     relative) -> the host file the guest VFS walked to, its (dev, ino) and
+ *     the owner the guest sees.
+ * Every use re-checks (dev, ino) on the host, so a file replaced or moved
+ * from outside the jail falls back to Python. Any call that could change what
+ * a walk finds (a rename, a chmod, a chdir, a set*id...) revokes every grant
+ * and the whole path cache: revoke() is one increment of a generation.
+ */
+
+#define FAST_TASK_SLOTS 8192 /* a power of two, over the jail's task limit */
+#define FAST_PATH_SLOTS 4096 /* direct-mapped: a collision replaces */
+
+struct fast_task {
+    int tid;          /* 0: a free slot */
+    int vtid, vtgid;
+    uint64_t gen;     /* paths granted in this generation */
+    char *cwd;        /* the guest cwd, "" for / */
+    int cwdlen;
+};
+
+struct fast_path {
+    uint64_t gen;
+    char *key;
+    int keylen;
+    int follow;
+    char *host;
+    uint64_t dev, ino;
+    long long uid, gid; /* -1: the host's, with the supervisor's own ids shown as 0 */
+    int reg;          /* a regular file: may be opened read-only */
+};
+
+static struct fast_task fast_tasks[FAST_TASK_SLOTS];
+static struct fast_path fast_paths[FAST_PATH_SLOTS];
+static uint64_t fast_gen = 1;
+static int fast_enabled;
+static unsigned int own_uid[2], own_gid[2];
+static unsigned long fast_answered;
+
+static uint64_t fast_hash(const char *s, int len, int follow)
+{
+    uint64_t h = 1469598103934665603ULL ^ (uint64_t)follow;
+    for (int i = 0; i < len; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+    return h;
+}
+
+static struct fast_task *task_slot(int tid, int insert)
+{
+    unsigned int i = ((unsigned int)tid * 2654435761u) & (FAST_TASK_SLOTS - 1);
+    for (int n = 0; n < FAST_TASK_SLOTS; n++, i = (i + 1) & (FAST_TASK_SLOTS - 1)) {
+        if (fast_tasks[i].tid == tid)
+            return &fast_tasks[i];
+        if (fast_tasks[i].tid == 0)
+            return insert ? &fast_tasks[i] : NULL;
+    }
+    return NULL;
+}
+
+static void sysemu_fast_enable(int on, unsigned int uid0, unsigned int uid1, unsigned int gid0, unsigned int gid1)
+{
+    fast_enabled = on;
+    own_uid[0] = uid0, own_uid[1] = uid1, own_gid[0] = gid0, own_gid[1] = gid1;
+}
+
+/* A task's ids; paths: may it use the path cache (with this cwd) until the next revoke. */
+static int sysemu_fast_task(int tid, int vtid, int vtgid, int paths, const char *cwd, int cwdlen)
+{
+    struct fast_task *t = task_slot(tid, 1);
+    if (t == NULL)
+        return -ENOSPC;
+    if (t->tid == 0) {
+        t->tid = tid;
+        t->cwd = NULL;
+    }
+    t->vtid = vtid;
+    t->vtgid = vtgid;
+    t->gen = 0;
+    if (paths) {
+        char *copy = malloc(cwdlen + 1);
+        if (copy == NULL)
+            return -ENOMEM;
+        memcpy(copy, cwd, cwdlen);
+        copy[cwdlen] = 0;
+        free(t->cwd);
+        t->cwd = copy;
+        t->cwdlen = cwdlen;
+        t->gen = fast_gen;
+    }
+    return 0;
+}
+
+/* A task is gone (or has exec'd): linear probing's deletion, shifting back
+ * the entries that probed past its slot. */
+static void sysemu_fast_forget(int tid)
+{
+    struct fast_task *t = task_slot(tid, 0);
+    if (t == NULL)
+        return;
+    free(t->cwd);
+    unsigned int i = t - fast_tasks, j = i;
+    fast_tasks[i].tid = 0;
+    fast_tasks[i].cwd = NULL;
+    for (;;) {
+        j = (j + 1) & (FAST_TASK_SLOTS - 1);
+        if (fast_tasks[j].tid == 0)
+            return;
+        unsigned int home = ((unsigned int)fast_tasks[j].tid * 2654435761u) & (FAST_TASK_SLOTS - 1);
+        /* Move j back to i unless its home lies cyclically in (i, j]. */
+        if ((i < j) ? (home <= i || home > j) : (home <= i && home > j)) {
+            fast_tasks[i] = fast_tasks[j];
+            fast_tasks[j].tid = 0;
+            fast_tasks[j].cwd = NULL;
+            i = j;
+        }
+    }
+}
+
+static void sysemu_fast_revoke(void)
+{
+    fast_gen++;
+}
+
+static int sysemu_fast_remember(const char *key, int keylen, int follow, const char *host,
+                                uint64_t dev, uint64_t ino, long long uid, long long gid, int reg)
+{
+    struct fast_path *p = &fast_paths[fast_hash(key, keylen, follow) & (FAST_PATH_SLOTS - 1)];
+    char *k = malloc(keylen + 1), *h = strdup(host);
+    if (k == NULL || h == NULL) {
+        free(k);
+        free(h);
+        return -ENOMEM;
+    }
+    memcpy(k, key, keylen);
+    k[keylen] = 0;
+    free(p->key);
+    free(p->host);
+    *p = (struct fast_path){.gen = fast_gen, .key = k, .keylen = keylen, .follow = follow, .host = h,
+                            .dev = dev, .ino = ino, .uid = uid, .gid = gid, .reg = reg};
+    return 0;
+}
+
+static unsigned long sysemu_fast_answered(void)
+{
+    return fast_answered;
+}
+
+static struct fast_path *path_find(const char *key, int keylen, int follow)
+{
+    struct fast_path *p = &fast_paths[fast_hash(key, keylen, follow) & (FAST_PATH_SLOTS - 1)];
+    if (p->gen != fast_gen || p->keylen != keylen || p->follow != follow || memcmp(p->key, key, keylen))
+        return NULL;
+    return p;
+}
+
+/* The cached path the call names, or NULL. key must hold 2 * PATH_MAX. */
+static struct fast_path *call_path(const struct fast_task *t, int pid, uint64_t dirfd, uint64_t addr,
+                                   int follow, char *key)
+{
+    char path[4096];
+    long n = sysemu_read_string(pid, addr, path, sizeof path);
+    if (n <= 0)
+        return NULL; /* "" is ENOENT, a bad pointer EFAULT: Python says so */
+    int keylen;
+    if (path[0] == '/') {
+        memcpy(key, path, n);
+        keylen = n;
+    } else {
+        if ((int)dirfd != AT_FDCWD)
+            return NULL;
+        memcpy(key, t->cwd, t->cwdlen);
+        key[t->cwdlen] = '/';
+        memcpy(key + t->cwdlen + 1, path, n);
+        keylen = t->cwdlen + 1 + n;
+    }
+    return path_find(key, keylen, follow);
+}
+
+static unsigned int guest_id(unsigned int id, const unsigned int own[2])
+{
+    return id == own[0] || id == own[1] ? 0 : id;
+}
+
+static int fast_stat(int notify_fd, const struct seccomp_notif *req, const struct fast_path *p, uint64_t buf)
+{
+    struct stat st;
+    if (syscall(SYS_newfstatat, AT_FDCWD, p->host, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return 0;
+    if (st.st_dev != p->dev || st.st_ino != p->ino)
+        return 0;
+    st.st_uid = p->uid >= 0 ? (unsigned int)p->uid : guest_id(st.st_uid, own_uid);
+    st.st_gid = p->gid >= 0 ? (unsigned int)p->gid : guest_id(st.st_gid, own_gid);
+    if (sysemu_write(req->pid, buf, &st, sizeof st) < 0)
+        return 0;
+    sysemu_respond(notify_fd, req->id, 0, 0, 0);
+    return 1;
+}
+
+static int fast_open(int notify_fd, const struct seccomp_notif *req, const struct fast_path *p, int flags)
+{
+    if (!p->reg)
+        return 0;
+    /* O_NONBLOCK: a FIFO put in the file's place from outside must not block the loop. */
+    int fd = openat(AT_FDCWD, p->host, flags | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0)
+        return 0;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || st.st_dev != p->dev || st.st_ino != p->ino || !S_ISREG(st.st_mode) ||
+        (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags & (O_APPEND | O_DIRECT | O_NOATIME)) < 0)) {
+        close(fd);
+        return 0;
+    }
+    int r = sysemu_addfd(notify_fd, req->id, fd, flags & O_CLOEXEC, 1, req->pid);
+    close(fd);
+    if (r < 0 && r != -ENOENT && r != -ESRCH) /* EMFILE and the like: the guest's answer */
+        sysemu_respond(notify_fd, req->id, 0, r, 0);
+    return 1;
+}
+
+#define AT_FLAGS_KNOWN (AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT)
+#define OPEN_WRITES (O_ACCMODE | O_CREAT | O_TRUNC | O_PATH | __O_TMPFILE)
+
+/* 1: answered here; 0: Python's. */
+static int fast_answer(int notify_fd, const struct seccomp_notif *req)
+{
+    if (!fast_enabled || req->data.arch != AUDIT_ARCH_X86_64)
+        return 0;
+    const __u64 *a = req->data.args;
+    struct fast_task *t = task_slot(req->pid, 0);
+    if (t == NULL)
+        return 0;
+    int nr = req->data.nr;
+    if (nr == SYS_getpid || nr == SYS_gettid) {
+        sysemu_respond(notify_fd, req->id, nr == SYS_getpid ? t->vtgid : t->vtid, 0, 0);
+        fast_answered++;
+        return 1;
+    }
+    if (t->gen != fast_gen)
+        return 0;
+    static char key[8192];
+    struct fast_path *p = NULL;
+    int done = 0;
+    switch (nr) {
+    case SYS_stat:
+    case SYS_lstat:
+        if ((p = call_path(t, req->pid, AT_FDCWD, a[0], nr == SYS_stat, key)))
+            done = fast_stat(notify_fd, req, p, a[1]);
+        break;
+    case SYS_newfstatat:
+        if (!((int)a[3] & ~AT_FLAGS_KNOWN) &&
+            (p = call_path(t, req->pid, a[0], a[1], !((int)a[3] & AT_SYMLINK_NOFOLLOW), key)))
+            done = fast_stat(notify_fd, req, p, a[2]);
+        break;
+    case SYS_open:
+        if (!((int)a[1] & OPEN_WRITES) &&
+            (p = call_path(t, req->pid, AT_FDCWD, a[0], !((int)a[1] & O_NOFOLLOW), key)))
+            done = fast_open(notify_fd, req, p, (int)a[1]);
+        break;
+    case SYS_openat:
+        if (!((int)a[2] & OPEN_WRITES) &&
+            (p = call_path(t, req->pid, a[0], a[1], !((int)a[2] & O_NOFOLLOW), key)))
+            done = fast_open(notify_fd, req, p, (int)a[2]);
+        break;
+    }
+    fast_answered += done;
+    return done;
+}

@@ -1,0 +1,113 @@
+"""FastPath: what Python tells the C loop so it can answer the commonest calls
+itself (sysemu/fastpath.c has the C half and the rules).
+
+Python stays the authority: a call is answered in C only from facts the
+guest kernel established here, and only until something could have changed
+them. The facts:
+  - a task's guest pid and tid (getpid, gettid): given when Python answers one
+    of them, forgotten when the task exits or execs;
+  - a task may use the path cache: its root is the jail's and it is the fake
+    root (a walk then checks no permission); granted, with its cwd, after each
+    call Python answers for it that changes nothing;
+  - a path's host file and the owner the guest sees: remembered after a stat
+    or a read-only open of it walked to an ordinary file or directory.
+Every call not in PURE_CALLS revokes all grants and the whole path cache
+when it has run: renames, chmods, chdirs, set*id, mounts... A new handler is
+therefore safe by default. The open family is pure: creating a name never
+changes what an existing one resolves to (a name hidden by a whiteout was
+never cached); what it may change, a copy-up of a lower file, revokes too.
+"""
+from __future__ import annotations
+
+import os
+import stat
+
+from hostfs.overlay import OverlayFS
+from sysemu._sysemu import lib
+
+O_WRITES = os.O_ACCMODE | os.O_CREAT | os.O_TRUNC | 0o20000000  # ... | __O_TMPFILE
+AT_FDCWD = -100
+
+# Calls that change nothing a walk finds, nor the caller's credentials, root or cwd.
+PURE_CALLS = frozenset("""
+    open openat openat2 creat stat fstat lstat newfstatat statx access faccessat faccessat2 readlink readlinkat getcwd statfs
+    getxattr lgetxattr listxattr llistxattr inotify_add_watch
+    getpid gettid getppid getpgrp getpgid getsid setpgid setsid set_tid_address wait4 waitid
+    kill tkill tgkill rt_sigqueueinfo rt_tgsigqueueinfo pidfd_open pidfd_send_signal kcmp
+    getuid getgid geteuid getegid getgroups getresuid getresgid capget uname
+    getpriority setpriority ioprio_get ioprio_set prlimit64 get_robust_list move_pages
+    sched_setparam sched_getparam sched_setscheduler sched_getscheduler sched_rr_get_interval
+    sched_setaffinity sched_getaffinity sched_setattr sched_getattr process_vm_readv process_vm_writev
+    connect sendto sendmsg sendmmsg execve execveat umlrun_exec_fd
+""".split())
+
+
+class FastPath:
+    def __init__(self, kernel, enabled: bool):
+        self.k = kernel
+        own_u, own_g = sorted(kernel.own_uids), sorted(kernel.own_gids)
+        # Up to two host ids mean "the guest" (the supervisor's, the one it runs the guest as).
+        self.enabled = enabled and len(own_u) <= 2 and len(own_g) <= 2
+        self.copy_ups = OverlayFS.copy_ups
+        lib.sysemu_fast_enable(int(self.enabled), own_u[0], own_u[-1], own_g[0], own_g[-1])
+
+    # ---- after each call Python answered ----------------------------------------------
+
+    def after(self, name: str, call) -> None:
+        """A call has been answered (or failed): revoke, or grant the caller."""
+        if not self.enabled:
+            return
+        if name not in PURE_CALLS or OverlayFS.copy_ups != self.copy_ups:
+            self.copy_ups = OverlayFS.copy_ups
+            lib.sysemu_fast_revoke()
+        elif call.proc.known:
+            self.grant(call.proc)
+
+    def grant(self, proc) -> None:
+        procs = self.k.procs
+        paths = proc.fs.root == () and proc.cred.fsuid == 0
+        cwd = b"/".join(proc.fs.cwd)
+        cwd = b"/" + cwd if cwd else b""
+        lib.sysemu_fast_task(proc.tid, procs.vpid(proc.tid), procs.vpid(proc.tgid), int(paths), cwd, len(cwd))
+
+    def forget(self, tid: int) -> None:
+        lib.sysemu_fast_forget(tid)
+
+    def remember(self, call, dirfd: int, path: bytes, follow: bool, d) -> None:
+        """A stat or read-only open of `path` walked to d: cache it, if it is plain.
+
+        Not cached: what a filesystem of the guest kernel makes (/proc, /dev/pts),
+        magic links, device placeholders, and overlay directories shown with
+        their lower identity (those answers are more than the host's stat)."""
+        proc = call.proc
+        if (not self.enabled or d.st is None or d.magic or d.mount.fs is not None or d.mount.kind == "magic"
+                or proc.fs.root != () or proc.cred.fsuid != 0 or not path
+                or (dirfd != AT_FDCWD and not path.startswith(b"/"))):
+            return
+        st = d.st
+        if stat.S_ISDIR(st.st_mode) and d.mount.overlay is not None:
+            return
+        store = d.mount.store
+        e = store.get(st.st_ino, d.in_upper) if store is not None else None
+        if e is not None and e.kind:
+            return
+        try:
+            parent = os.readlink(b"/proc/self/fd/%d" % d.parent_fd)
+        except OSError:
+            return
+        if not parent.startswith(b"/") or parent.endswith(b" (deleted)"):
+            return
+        if path.startswith(b"/"):
+            key = path
+        else:
+            cwd = b"/".join(proc.fs.cwd)
+            key = (b"/" + cwd if cwd else b"") + b"/" + path
+        host = parent.rstrip(b"/") + b"/" + d.name
+        lib.sysemu_fast_remember(key, len(key), int(follow), host, st.st_dev, st.st_ino,
+                                 e.uid if e is not None else -1, e.gid if e is not None else -1,
+                                 int(stat.S_ISREG(st.st_mode)))
+
+    @staticmethod
+    def answered() -> int:
+        """How many calls the C loop has answered itself."""
+        return lib.sysemu_fast_answered()
