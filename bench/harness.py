@@ -37,9 +37,9 @@ WORKLOADS = [
              "300 fork+exec of /bin/true from busybox sh"),
     Workload("W-stat", "busybox", f"/{PROBE_DIR}/loop stat 50000 /bin/busybox", "50,000 stat() of one path"),
     Workload("W-open", "busybox", f"/{PROBE_DIR}/loop open 50000 /bin/busybox", "50,000 open+close of one path"),
-    Workload("W-syscall", "busybox",
-             f"/{PROBE_DIR}/loop getpid 100000 && /{PROBE_DIR}/loop read 100000 /bin/busybox",
-             "100,000 getpid() (emulated) + 100,000 pread() (passthrough)"),
+    Workload("W-syscall", "busybox", f"/{PROBE_DIR}/loop getpid 100000", "100,000 getpid() (emulated)"),
+    Workload("W-read", "busybox", f"/{PROBE_DIR}/loop read 100000 /bin/busybox",
+             "100,000 pread() of an open file (passthrough)"),
     Workload("W-py", "debian-dev", "python3 -c 'import json, email.parser, http.client, unittest, asyncio'",
              "python3 importing json, email, http.client, unittest, asyncio"),
     Workload("W-gcc", "debian-dev",
@@ -153,6 +153,88 @@ def run(workloads: list[Workload], runners: list[Runner], trees: dict[str, Path]
     return results
 
 
+# ---- one call against the trap floor -----------------------------------------------------
+
+@dataclass
+class CallProbe:
+    name: str
+    loop: str            # bench/probes/loop.c arguments, run in the busybox tree
+    floor: str | None    # bench/probes/floor.c mode: the same call answered by a C supervisor
+
+
+CALLS = [
+    CallProbe("getpid (emulated)", "getpid 100000", "notify 100000"),
+    CallProbe("stat (emulated)", "stat 50000 /bin/busybox", "stat 50000"),
+    CallProbe("pread (passthrough)", "read 100000 /bin/busybox", None),
+]
+# A ptrace stop, for the record: woken on another CPU, and held on the supervisor's (as umlrun does).
+FLOOR_STOPS = {"ptrace stop": "ptrace 20000", "ptrace stop, held": "ptrace-held 20000"}
+
+
+def build_floor(out_dir: Path) -> Path:
+    exe = out_dir / "floor"
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(HERE / "probes" / "floor.c")], check=True)
+    return exe
+
+
+def self_timed(argv: list[str], timeout: float = 300) -> float | str:
+    """The microseconds per call a probe printed as its last word, or why it failed."""
+    try:
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=GUEST_ENV,
+                           timeout=timeout, cwd="/")
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout:.0f} s"
+    words = r.stdout.split()
+    if r.returncode != 0 or not words:
+        return f"exit {r.returncode}: {r.stderr.strip()[-120:]}"
+    return float(words[-1])
+
+
+def run_calls(runners: list[Runner], tree: Path, floor: Path, rounds: int, progress=None) -> dict:
+    """{call: {"native"|"floor"|runner: {"samples": [...], "median": us, "error": ...}}}: one call's
+    cost, timed inside the guest, natively, under each runner and under the C floor supervisor."""
+    prepare_tree(tree)
+    names = ["floor"] + [r.name for r in runners]
+    jobs = {c.name: ([("floor", [str(floor), *c.floor.split()])] if c.floor else [])
+            + [(r.name, r.argv(tree, f"exec /{PROBE_DIR}/loop {c.loop}")) for r in runners if not r.missing]
+            for c in CALLS}
+    jobs.update({name: [("floor", [str(floor), *mode.split()])] for name, mode in FLOOR_STOPS.items()})
+    rows = {name: {n: {"samples": [], "error": None} for n in names} for name in jobs}
+    for rnd in range(rounds):
+        for name, todo in jobs.items():
+            for who, argv in todo:
+                cell = rows[name][who]
+                if cell["error"] is None:
+                    took = self_timed(argv)
+                    cell["samples" if isinstance(took, float) else "error"] = (
+                        cell["samples"] + [took] if isinstance(took, float) else took)
+                    if progress:
+                        progress(rnd, name, who, took)
+    for cells in rows.values():
+        for cell in cells.values():
+            cell["median"] = median(cell["samples"])
+    return rows
+
+
+def calls_table(rows: dict, runners: list[Runner]) -> list[list[str]]:
+    """Rows: call, native µs, C floor µs, then each runner's µs with its ratio to the floor
+    (to native for a passthrough call, which has no floor)."""
+    head = ["call", "native", "C floor"] + [r.name for r in runners if r.name != "native"]
+    out = [head]
+    for name, cells in rows.items():
+        base = cells["floor"]["median"] or cells["native"]["median"]
+        row = [name]
+        for who in ["native", "floor"] + head[3:]:
+            us = cells[who]["median"]
+            if us is None:
+                row.append("-" if not cells[who]["error"] else "failed")
+                continue
+            x = ratio(us, base) if who not in ("native", "floor") else None
+            row.append(f"{us:.2f} µs" + (f" ({x:.2f}x)" if x is not None else ""))
+        out.append(row)
+    return out
+
+
 def table(results: dict, runners: list[Runner]) -> list[list[str]]:
     """Rows for printing: workload, then per runner "median s (ratio x)"."""
     rows = [["workload"] + [r.name for r in runners]]
@@ -185,9 +267,27 @@ def machine() -> str:
 
 # ---- the command ----------------------------------------------------------------------
 
-def main_bench(args) -> int:
+def show(rows: list[list[str]], title: str, caption: str, markdown: bool) -> None:
+    if markdown:
+        print(f"{caption}\n")
+        print("| " + " | ".join(rows[0]) + " |")
+        print("|" + "---|" * len(rows[0]))
+        for row in rows[1:]:
+            print("| " + " | ".join(row) + " |")
+        print()
+        return
     from rich.console import Console
     from rich.table import Table
+    t = Table(title=title)
+    for h in rows[0]:
+        t.add_column(h)
+    for row in rows[1:]:
+        t.add_row(*row)
+    Console().print(t)
+
+
+def main_bench(args) -> int:
+    from rich.console import Console
 
     import rootfs
 
@@ -201,7 +301,14 @@ def main_bench(args) -> int:
     rounds = args.rounds or (3 if args.quick else 5)
     trees = {name: rootfs.ensure(name, console=console) for name in {w.tree for w in chosen}}
     runners = find_runners()
-    if args.quick:  # trap-all mode is for teaching; it alone would take minutes
+    if args.runner:
+        known = {r.name for r in runners}
+        if set(args.runner) - known:
+            console.print(f"umlrun: unknown runner {', '.join(sorted(set(args.runner) - known))}; "
+                          f"known: {', '.join(sorted(known))}")
+            return 2
+        runners = [r for r in runners if r.name in args.runner or r.name == "native"]
+    elif args.quick:  # trap-all mode is for teaching; it alone would take minutes
         runners = [r for r in runners if r.name != "umlrun-trace-all"]
     for r in runners:
         if r.missing:
@@ -211,20 +318,24 @@ def main_bench(args) -> int:
         shown = f"{took:.3f} s" if isinstance(took, float) else took
         console.print(f"round {rnd + 1}/{rounds} {w.name:<10} {r.name:<17} {shown}", highlight=False)
     results = run(chosen, runners, trees, rounds, progress=progress)
-    rows = table(results, runners)
-    if args.markdown:
-        print(f"Machine: {machine()}; {rounds} rounds, interleaved; median wall time (ratio to native).\n")
-        print("| " + " | ".join(rows[0]) + " |")
-        print("|" + "---|" * len(rows[0]))
-        for row in rows[1:]:
-            print("| " + " | ".join(row) + " |")
-    else:
-        t = Table(title=f"{machine()} - {rounds} rounds, medians (ratio to native)")
-        for h in rows[0]:
-            t.add_column(h)
-        for row in rows[1:]:
-            t.add_row(*row)
-        Console().print(t)
+    calls = None
+    if not args.only:  # one call against this machine's trap floor, in the same run
+        import tempfile
+
+        def call_progress(rnd, name, who, took):
+            shown = f"{took:.2f} µs" if isinstance(took, float) else took
+            console.print(f"round {rnd + 1}/{rounds} {name:<20} {who:<17} {shown}", highlight=False)
+        busybox = trees.get("busybox") or rootfs.ensure("busybox", console=console)
+        with tempfile.TemporaryDirectory() as tmp:
+            calls = run_calls([r for r in runners if r.name in ("native", "umlrun")], busybox,
+                              build_floor(Path(tmp)), rounds, progress=call_progress)
+    show(table(results, runners), f"{machine()} - {rounds} rounds, medians (ratio to native)",
+         f"Machine: {machine()}; {rounds} rounds, interleaved; median wall time (ratio to native).", args.markdown)
+    if calls is not None:
+        show(calls_table(calls, [r for r in runners if r.name in ("native", "umlrun")]),
+             "One call, timed inside the guest (ratio to the C floor)",
+             "One call, timed inside the guest: median µs (ratio to the C supervisor's floor; "
+             "pread: to native).", args.markdown)
     for name, cells in results.items():
         for runner, cell in cells.items():
             if cell["error"] and not any(r.name == runner and r.missing for r in runners):

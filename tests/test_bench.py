@@ -1,6 +1,19 @@
 """The benchmark harness's own logic (bench/harness.py): medians, ratios, peer
 detection, the table, one real interleaved run. No timing is asserted."""
-from bench.harness import Runner, Workload, find_runners, median, ratio, run, table
+from bench.harness import (
+    CALLS,
+    FLOOR_STOPS,
+    Runner,
+    Workload,
+    build_floor,
+    calls_table,
+    find_runners,
+    median,
+    ratio,
+    run,
+    run_calls,
+    table,
+)
 
 
 def test_median_and_ratio():
@@ -50,3 +63,32 @@ def test_an_interleaved_run_measures_every_runner(busybox_root):
     for r in runners:
         cell = results["W-true"][r.name]
         assert cell["error"] is None and len(cell["samples"]) == 2 and cell["median"] is not None
+
+
+def test_calls_table_compares_with_the_floor_or_native():
+    cell = lambda us: {"median": us, "error": None}  # noqa: E731
+    rows = {"getpid (emulated)": {"native": cell(0.2), "floor": cell(5.0), "umlrun": cell(6.0)},
+            "pread (passthrough)": {"native": cell(0.5), "floor": cell(None), "umlrun": cell(0.55)},
+            "ptrace stop": {"native": cell(None), "floor": cell(14.0), "umlrun": cell(None)}}
+    got = calls_table(rows, [Runner("native"), Runner("umlrun")])
+    assert got[0] == ["call", "native", "C floor", "umlrun"]
+    assert got[1] == ["getpid (emulated)", "0.20 µs", "5.00 µs", "6.00 µs (1.20x)"]  # to the floor
+    assert got[2] == ["pread (passthrough)", "0.50 µs", "-", "0.55 µs (1.10x)"]     # to native
+    assert got[3] == ["ptrace stop", "-", "14.00 µs", "-"]
+
+
+def test_the_c_floor_and_the_guest_time_one_call(busybox_root, tmp_path, monkeypatch):
+    """Every probe really runs: the floor supervisor answers its calls and the loop
+    times itself, natively and in the jail (with few calls: logic, not timing)."""
+    import bench.harness as h
+    monkeypatch.setattr(h, "CALLS", [h.CallProbe(c.name, c.loop.replace("00000", "000"),
+                                                 c.floor and c.floor.replace("00000", "000")) for c in CALLS])
+    monkeypatch.setattr(h, "FLOOR_STOPS", {k: v.replace("20000", "200") for k, v in FLOOR_STOPS.items()})
+    runners = [r for r in find_runners() if r.name in ("native", "umlrun") and not r.missing]
+    rows = run_calls(runners, busybox_root, build_floor(tmp_path), rounds=1)
+    for name, cells in rows.items():
+        for who, c in cells.items():
+            assert c["error"] is None, (name, who, c["error"])
+    assert all(rows[c.name][r.name]["median"] > 0 for c in CALLS for r in runners)
+    assert all(rows[c.name]["floor"]["median"] > 0 for c in CALLS if c.floor)
+    assert all(rows[name]["floor"]["median"] > 0 for name in FLOOR_STOPS)
