@@ -161,7 +161,9 @@ static struct fast_path *path_find(const char *key, int keylen, int follow)
     return p;
 }
 
-/* The cached path the call names, or NULL. key must hold 2 * PATH_MAX. */
+#define KEY_MAX 8192 /* a cwd and a path, each under PATH_MAX */
+
+/* The cached path the call names, or NULL. key holds KEY_MAX bytes. */
 static struct fast_path *call_path(const struct fast_task *t, int pid, uint64_t dirfd, uint64_t addr,
                                    int follow, char *key)
 {
@@ -174,7 +176,7 @@ static struct fast_path *call_path(const struct fast_task *t, int pid, uint64_t 
         memcpy(key, path, n);
         keylen = n;
     } else {
-        if ((int)dirfd != AT_FDCWD)
+        if ((int)dirfd != AT_FDCWD || t->cwdlen + 1 + n > KEY_MAX)
             return NULL;
         memcpy(key, t->cwd, t->cwdlen);
         key[t->cwdlen] = '/';
@@ -245,7 +247,7 @@ static int fast_answer(int notify_fd, const struct seccomp_notif *req)
     }
     if (t->gen != fast_gen)
         return 0;
-    static char key[8192];
+    static char key[KEY_MAX];
     struct fast_path *p = NULL;
     int done = 0;
     switch (nr) {

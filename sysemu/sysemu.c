@@ -137,13 +137,18 @@ static int sysemu_respond(int notify_fd, uint64_t id, int64_t val, int error, ui
 
 /* ---- keeping a wake-up on this CPU ---------------------------------------------
  *
- * Waking a task that last ran on the other CPU costs that CPU's exit from
- * idle: on these VMs a ptrace round trip is ~50 us that way and ~14 us when
- * the guest is woken beside the supervisor (measured with bench/probes/floor.c).
- * So a guest thread the supervisor is about to wake is held on the CPU the
- * supervisor runs on for the length of the waking call, then given back every
- * CPU: it starts here, as the supervisor goes back to sleep, and the
- * scheduler's balancing still spreads a parallel build over every core. */
+ * ADDFD waits for the guest thread to install the descriptor itself, and its
+ * wake-up is an ordinary one: the scheduler would move the guest to the idle
+ * CPU and the supervisor's own wake-up back would cross CPUs again (measured:
+ * ~90 us an open instead of ~28). So for the length of the ioctl the guest is
+ * held on the CPU the supervisor runs on, which the synchronous wake-up of the
+ * notification already made the guest's own, then given back its own mask.
+ * Two things could see the held mask: a child forked in that window (each
+ * child gets its parent's mask at its fork event: Kernel.on_fork) and a
+ * sched_setaffinity of its own (it always traps, so it runs once the mask is
+ * given back). A ptrace resume is not held: measured, that bought ~3% on 300
+ * fork+exec, not worth a guest running pinned while the supervisor waits for
+ * the CPU it pinned it to. */
 struct held { int tid; int on; cpu_set_t mask; };
 
 /* The guest's own mask is given back as it was (it may have set one, with
@@ -169,9 +174,7 @@ static void let_go(const struct held *h)
         sched_setaffinity(h->tid, sizeof h->mask, &h->mask);
 }
 
-/* Install srcfd in the guest and answer the call with the new number,
- * atomically. ADDFD waits for the guest thread to install the descriptor
- * itself, with an ordinary wake-up (~90 us an open unheld, ~28 held). */
+/* Install srcfd in the guest (with send: as the call's result, atomically). */
 static int sysemu_addfd(int notify_fd, uint64_t id, int srcfd, uint32_t newfd_flags, int send, int tid)
 {
     struct held h;
@@ -235,14 +238,9 @@ static long sysemu_seize(int pid, long options)
     return ptrace(PTRACE_SEIZE, pid, 0, options) < 0 ? -errno : 0;
 }
 
-/* Resume a stopped tracee, woken on this CPU (see hold_here). */
 static long sysemu_cont(int pid, int request, int sig)
 {
-    struct held h;
-    hold_here(pid, &h);
-    long r = ptrace(request, pid, 0, (long)sig) < 0 ? -errno : 0;
-    let_go(&h);
-    return r;
+    return ptrace(request, pid, 0, (long)sig) < 0 ? -errno : 0;
 }
 
 static long sysemu_getregs(int pid, struct user_regs_struct *regs)

@@ -281,3 +281,21 @@ print(stat.S_ISLNK(os.fstat(fd).st_mode), os.readlink("", dir_fd=fd))
 """
     r = umlrun("run", "--", "sh", "-c", script)
     assert r.stdout == "target\ndata\nTrue target\n", r.stderr
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell a pinned task")
+def test_guests_keep_their_own_cpu_affinity(busybox_root):
+    """The supervisor holds a guest on its own CPU while it installs a descriptor
+    (sysemu.c hold_here): no guest may keep that mask, and a guest's own
+    setting (taskset) must not be undone."""
+    every = os.sched_getaffinity(0)
+    listed = f"{min(every)}-{max(every)}" if len(every) == max(every) - min(every) + 1 else None
+    r = umlrun("run", "-r", busybox_root, "--", "sh", "-c",
+               "taskset -c 0 grep Cpus_allowed_list /proc/self/status; "
+               "i=0; while [ $i -lt 50 ]; do cat /etc/passwd >/dev/null; grep Cpus_allowed_list /proc/self/status; "
+               "i=$((i+1)); done | sort -u; "
+               "taskset -p -c 1 $$ >/dev/null; cat /etc/passwd >/dev/null; grep Cpus_allowed_list /proc/self/status")
+    assert r.returncode == 0, r.stderr
+    out = [line.split()[-1] for line in r.stdout.splitlines()]
+    assert out[0] == "0" and out[-1] == "1"
+    assert len(out) == 3 and (listed is None or out[1] == listed), out

@@ -403,6 +403,10 @@ class Kernel:
                 flags, parent_word, child_word = regs.rdi, regs.rdx, regs.r10
             child = self.procs.fork(proc, child_tid, flags)
             vpid = self.procs.vpid(child_tid)
+            try:  # the parent's own mask: it may have forked while held on one CPU (sysemu.c hold_here)
+                os.sched_setaffinity(child_tid, os.sched_getaffinity(pid))
+            except OSError:
+                pass
             if flags & CLONE_PARENT_SETTID:  # the kernel wrote it before this stop
                 self.write_pid(pid, parent_word, vpid)
             if flags & CLONE_CHILD_SETTID:   # the kernel writes it as the child first runs
