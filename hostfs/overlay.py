@@ -119,6 +119,7 @@ class OverlayFS:
                 nxt = os.open(name, O_DIRPATH, dir_fd=fd)
             except FileNotFoundError:
                 st = os.fstat(lower)
+                OverlayFS.copy_ups += 1  # the directory's stat is now the upper one's
                 os.mkdir(name, stat.S_IMODE(st.st_mode) | 0o700, dir_fd=fd)
                 nxt = os.open(name, O_DIRPATH, dir_fd=fd)
                 os.chmod(b"/proc/self/fd/%d" % nxt, stat.S_IMODE(st.st_mode))
@@ -128,7 +129,7 @@ class OverlayFS:
         h.upper = fd
         return fd
 
-    copy_ups = 0  # every copy-up of any overlay: a guest path now names another host file
+    copy_ups = 0  # every copy-up of any overlay: a guest path now names another host object
 
     def copy_up(self, h: OvlDir, name: bytes, st, owned: list[int]) -> int:
         """Bring lower `name` (lstat st) into the upper layer; returns the upper directory fd.

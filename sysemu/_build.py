@@ -44,6 +44,7 @@ void sysemu_fast_forget(int tid);
 void sysemu_fast_revoke(void);
 int sysemu_fast_remember(const char *key, int keylen, int follow, const char *host,
                          uint64_t dev, uint64_t ino, long long uid, long long gid, int reg);
+void sysemu_fast_object(uint64_t dev, uint64_t ino, long long uid, long long gid);
 unsigned long sysemu_fast_answered(void);
 long sysemu_syscall6(long nr, long a, long b, long c, long d, long e, long f);
 

@@ -1,5 +1,7 @@
 /* Answers in the C loop: the calls the guest makes most, answered without
- * waking Python (compiled with sysemu.c; umlrun/fastpath.py is the other half).
+ * waking Python (compiled with sysemu.c; umlrun/fastpath.py is the other half):
+ * getpid, gettid, getcwd; stat, lstat, newfstatat, readlink(at) and read-only
+ * open(at) of a cached path; fstat of a descriptor of a known object.
  *
  * Python stays the authority. It hands C facts it has established, and C
  * answers only from those facts; anything else (a miss, an error, a flag C
@@ -9,7 +11,8 @@
  *     root, so a walk checks no permission) with its working directory;
  *   - paths: a guest path as the guest wrote it (joined to the cwd when
  *     relative) -> the host file the guest VFS walked to, its (dev, ino) and
- *     the owner the guest sees.
+ *     the owner the guest sees;
+ *   - objects: (dev, ino) -> the owner the guest sees, for fstat.
  * Every use re-checks (dev, ino) on the host, so a file replaced or moved
  * from outside the jail falls back to Python. Any call that could change what
  * a walk finds (a rename, a chmod, a chdir, a set*id...) revokes every grant
@@ -38,7 +41,17 @@ struct fast_path {
     int reg;          /* a regular file: may be opened read-only */
 };
 
+/* An object the guest holds a descriptor of: fstat answers from the host's
+ * own stat of the descriptor, with the owner the guest sees. */
+struct fast_object {
+    uint64_t gen;
+    uint64_t dev, ino;
+    long long uid, gid; /* as fast_path; -2: two rules met (two mounts), ask Python */
+};
+#define FAST_OBJECT_SLOTS 4096
+
 static struct fast_task fast_tasks[FAST_TASK_SLOTS];
+static struct fast_object fast_objects[FAST_OBJECT_SLOTS];
 static struct fast_path fast_paths[FAST_PATH_SLOTS];
 static uint64_t fast_gen = 1;
 static int fast_enabled;
@@ -148,6 +161,22 @@ static int sysemu_fast_remember(const char *key, int keylen, int follow, const c
     return 0;
 }
 
+static struct fast_object *object_slot(uint64_t dev, uint64_t ino)
+{
+    return &fast_objects[((dev * 1099511628211ULL) ^ ino) * 2654435761u % FAST_OBJECT_SLOTS];
+}
+
+static void sysemu_fast_object(uint64_t dev, uint64_t ino, long long uid, long long gid)
+{
+    struct fast_object *o = object_slot(dev, ino);
+    if (o->gen == fast_gen && o->dev == dev && o->ino == ino) {
+        if (o->uid != uid || o->gid != gid)
+            o->uid = o->gid = -2;
+        return;
+    }
+    *o = (struct fast_object){.gen = fast_gen, .dev = dev, .ino = ino, .uid = uid, .gid = gid};
+}
+
 static unsigned long sysemu_fast_answered(void)
 {
     return fast_answered;
@@ -163,14 +192,13 @@ static struct fast_path *path_find(const char *key, int keylen, int follow)
 
 #define KEY_MAX 8192 /* a cwd and a path, each under PATH_MAX */
 
-/* The cached path the call names, or NULL. key holds KEY_MAX bytes. */
-static struct fast_path *call_path(const struct fast_task *t, int pid, uint64_t dirfd, uint64_t addr,
+/* The cached path the call names (path: read from the guest, n bytes), or
+ * NULL. key holds KEY_MAX bytes. */
+static struct fast_path *call_path(const struct fast_task *t, uint64_t dirfd, const char *path, long n,
                                    int follow, char *key)
 {
-    char path[4096];
-    long n = sysemu_read_string(pid, addr, path, sizeof path);
     if (n <= 0)
-        return NULL; /* "" is ENOENT, a bad pointer EFAULT: Python says so */
+        return NULL; /* "" is ENOENT (or an fd's own object), a bad pointer EFAULT: Python says so */
     int keylen;
     if (path[0] == '/') {
         memcpy(key, path, n);
@@ -191,6 +219,17 @@ static unsigned int guest_id(unsigned int id, const unsigned int own[2])
     return id == own[0] || id == own[1] ? 0 : id;
 }
 
+static int answer_stat(int notify_fd, const struct seccomp_notif *req, struct stat *st, long long uid,
+                       long long gid, uint64_t buf)
+{
+    st->st_uid = uid >= 0 ? (unsigned int)uid : guest_id(st->st_uid, own_uid);
+    st->st_gid = gid >= 0 ? (unsigned int)gid : guest_id(st->st_gid, own_gid);
+    if (sysemu_write(req->pid, buf, st, sizeof *st) < 0)
+        return 0;
+    sysemu_respond(notify_fd, req->id, 0, 0, 0);
+    return 1;
+}
+
 static int fast_stat(int notify_fd, const struct seccomp_notif *req, const struct fast_path *p, uint64_t buf)
 {
     struct stat st;
@@ -198,11 +237,61 @@ static int fast_stat(int notify_fd, const struct seccomp_notif *req, const struc
         return 0;
     if (st.st_dev != p->dev || st.st_ino != p->ino)
         return 0;
-    st.st_uid = p->uid >= 0 ? (unsigned int)p->uid : guest_id(st.st_uid, own_uid);
-    st.st_gid = p->gid >= 0 ? (unsigned int)p->gid : guest_id(st.st_gid, own_gid);
-    if (sysemu_write(req->pid, buf, &st, sizeof st) < 0)
+    return answer_stat(notify_fd, req, &st, p->uid, p->gid, buf);
+}
+
+/* fstat, and newfstatat(fd, "", AT_EMPTY_PATH): the descriptor's object, if known. */
+static int fast_stat_fd(int notify_fd, const struct seccomp_notif *req, uint64_t fd, uint64_t buf)
+{
+    if ((int)fd < 0)
         return 0;
-    sysemu_respond(notify_fd, req->id, 0, 0, 0);
+    char link[64];
+    snprintf(link, sizeof link, "/proc/%u/fd/%d", req->pid, (int)fd);
+    struct stat st;
+    if (syscall(SYS_newfstatat, AT_FDCWD, link, &st, 0) < 0)
+        return 0;
+    const struct fast_object *o = object_slot(st.st_dev, st.st_ino);
+    if (o->gen != fast_gen || o->dev != st.st_dev || o->ino != st.st_ino || o->uid == -2)
+        return 0;
+    return answer_stat(notify_fd, req, &st, o->uid, o->gid, buf);
+}
+
+/* readlink of a cached name (never a /proc magic link: those are not cached). */
+static int fast_readlink(int notify_fd, const struct seccomp_notif *req, const struct fast_path *p, uint64_t buf,
+                         int size)
+{
+    struct stat st;
+    if (size <= 0 || syscall(SYS_newfstatat, AT_FDCWD, p->host, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+        st.st_dev != p->dev || st.st_ino != p->ino)
+        return 0;
+    if (!S_ISLNK(st.st_mode)) {
+        sysemu_respond(notify_fd, req->id, 0, -EINVAL, 0);
+        return 1;
+    }
+    char target[4096];
+    ssize_t n = readlink(p->host, target, sizeof target);
+    if (n < 0)
+        return 0;
+    if (n > size)
+        n = size;
+    if (sysemu_write(req->pid, buf, target, n) < 0)
+        return 0;
+    sysemu_respond(notify_fd, req->id, n, 0, 0);
+    return 1;
+}
+
+static int fast_getcwd(int notify_fd, const struct seccomp_notif *req, const struct fast_task *t, uint64_t buf,
+                       uint64_t size)
+{
+    const char *cwd = t->cwdlen ? t->cwd : "/";
+    uint64_t len = (t->cwdlen ? t->cwdlen : 1) + 1; /* with its NUL */
+    if (size < len) {
+        sysemu_respond(notify_fd, req->id, 0, -ERANGE, 0);
+        return 1;
+    }
+    if (sysemu_write(req->pid, buf, cwd, len) < 0)
+        return 0;
+    sysemu_respond(notify_fd, req->id, len, 0, 0);
     return 1;
 }
 
@@ -247,29 +336,48 @@ static int fast_answer(int notify_fd, const struct seccomp_notif *req)
     }
     if (t->gen != fast_gen)
         return 0;
-    static char key[KEY_MAX];
-    struct fast_path *p = NULL;
-    int done = 0;
+    static char key[KEY_MAX], path[4096];
+    struct fast_path *p;
+    long n;
+    int done = 0, flags;
     switch (nr) {
     case SYS_stat:
     case SYS_lstat:
-        if ((p = call_path(t, req->pid, AT_FDCWD, a[0], nr == SYS_stat, key)))
+        n = sysemu_read_string(req->pid, a[0], path, sizeof path);
+        if ((p = call_path(t, AT_FDCWD, path, n, nr == SYS_stat, key)))
             done = fast_stat(notify_fd, req, p, a[1]);
         break;
+    case SYS_fstat:
+        done = fast_stat_fd(notify_fd, req, a[0], a[1]);
+        break;
     case SYS_newfstatat:
-        if (!((int)a[3] & ~AT_FLAGS_KNOWN) &&
-            (p = call_path(t, req->pid, a[0], a[1], !((int)a[3] & AT_SYMLINK_NOFOLLOW), key)))
+        flags = (int)a[3];
+        n = sysemu_read_string(req->pid, a[1], path, sizeof path);
+        if (n == 0 && flags == AT_EMPTY_PATH)
+            done = fast_stat_fd(notify_fd, req, a[0], a[2]);
+        else if (!(flags & ~AT_FLAGS_KNOWN) &&
+                 (p = call_path(t, a[0], path, n, !(flags & AT_SYMLINK_NOFOLLOW), key)))
             done = fast_stat(notify_fd, req, p, a[2]);
         break;
     case SYS_open:
-        if (!((int)a[1] & OPEN_WRITES) &&
-            (p = call_path(t, req->pid, AT_FDCWD, a[0], !((int)a[1] & O_NOFOLLOW), key)))
-            done = fast_open(notify_fd, req, p, (int)a[1]);
-        break;
     case SYS_openat:
-        if (!((int)a[2] & OPEN_WRITES) &&
-            (p = call_path(t, req->pid, a[0], a[1], !((int)a[2] & O_NOFOLLOW), key)))
-            done = fast_open(notify_fd, req, p, (int)a[2]);
+        flags = (int)a[nr == SYS_open ? 1 : 2];
+        if (flags & OPEN_WRITES)
+            break;
+        n = sysemu_read_string(req->pid, a[nr == SYS_open ? 0 : 1], path, sizeof path);
+        if ((p = call_path(t, nr == SYS_open ? (uint64_t)AT_FDCWD : a[0], path, n, !(flags & O_NOFOLLOW), key)))
+            done = fast_open(notify_fd, req, p, flags);
+        break;
+    case SYS_readlink:
+    case SYS_readlinkat: {
+        int at = nr == SYS_readlinkat;
+        n = sysemu_read_string(req->pid, a[at], path, sizeof path);
+        if ((p = call_path(t, at ? a[0] : (uint64_t)AT_FDCWD, path, n, 0, key)))
+            done = fast_readlink(notify_fd, req, p, a[at + 1], (int)a[at + 2]);
+        break;
+    }
+    case SYS_getcwd:
+        done = fast_getcwd(notify_fd, req, t, a[0], a[1]);
         break;
     }
     fast_answered += done;

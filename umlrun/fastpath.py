@@ -9,8 +9,9 @@ them. The facts:
   - a task may use the path cache: its root is the jail's and it is the fake
     root (a walk then checks no permission); granted, with its cwd, after each
     call Python answers for it that changes nothing;
-  - a path's host file and the owner the guest sees: remembered after a stat
-    or a read-only open of it walked to an ordinary file or directory.
+  - a path's host file and the owner the guest sees: remembered after a stat,
+    a readlink or a read-only open of it walked to an ordinary object;
+  - an object's owner as the guest sees it (for fstat), by (dev, ino).
 Every call not in PURE_CALLS revokes all grants and the whole path cache
 when it has run: renames, chmods, chdirs, set*id, mounts... A new handler is
 therefore safe by default. The open family is pure: creating a name never
@@ -74,22 +75,21 @@ class FastPath:
         lib.sysemu_fast_forget(tid)
 
     def remember(self, call, dirfd: int, path: bytes, follow: bool, d) -> None:
-        """A stat or read-only open of `path` walked to d: cache it, if it is plain.
+        """A stat, readlink or open of `path` walked to d: cache it, if it is plain.
 
         Not cached: what a filesystem of the guest kernel makes (/proc, /dev/pts),
-        magic links, device placeholders, and overlay directories shown with
-        their lower identity (those answers are more than the host's stat)."""
+        magic links, device placeholders, and overlay directories of the upper
+        layer (shown with their lower identity: more than the host's stat)."""
         proc = call.proc
         if (not self.enabled or d.st is None or d.magic or d.mount.fs is not None or d.mount.kind == "magic"
                 or proc.fs.root != () or proc.cred.fsuid != 0 or not path
                 or (dirfd != AT_FDCWD and not path.startswith(b"/"))):
             return
         st = d.st
-        if stat.S_ISDIR(st.st_mode) and d.mount.overlay is not None:
+        if stat.S_ISDIR(st.st_mode) and d.mount.overlay is not None and d.in_upper:
             return
-        store = d.mount.store
-        e = store.get(st.st_ino, d.in_upper) if store is not None else None
-        if e is not None and e.kind:
+        owner = self.remember_object(st, d.mount, d.in_upper)
+        if owner is None:
             return
         try:
             parent = os.readlink(b"/proc/self/fd/%d" % d.parent_fd)
@@ -103,9 +103,22 @@ class FastPath:
             cwd = b"/".join(proc.fs.cwd)
             key = (b"/" + cwd if cwd else b"") + b"/" + path
         host = parent.rstrip(b"/") + b"/" + d.name
-        lib.sysemu_fast_remember(key, len(key), int(follow), host, st.st_dev, st.st_ino,
-                                 e.uid if e is not None else -1, e.gid if e is not None else -1,
+        lib.sysemu_fast_remember(key, len(key), int(follow), host, st.st_dev, st.st_ino, *owner,
                                  int(stat.S_ISREG(st.st_mode)))
+
+    def remember_object(self, st, mount, upper: bool):
+        """fstat of a descriptor of this object may be answered in C. Returns the
+        owner rule ((-1, -1): the host's, own ids as root), None for a device
+        placeholder (its type and number are the store's)."""
+        if not self.enabled:
+            return None
+        store = mount.store if mount is not None else None
+        e = store.get(st.st_ino, upper) if store is not None else None
+        if e is not None and e.kind:
+            return None
+        owner = (e.uid, e.gid) if e is not None else (-1, -1)
+        lib.sysemu_fast_object(st.st_dev, st.st_ino, *owner)
+        return owner
 
     @staticmethod
     def answered() -> int:

@@ -135,12 +135,69 @@ int main(int argc, char **argv)
     waitpid(pid, NULL, 0);
     op("parent-open-own-cwd", "x", O_RDONLY);
 
+    /* readlink, getcwd and fstat: answered in C too. */
+    put("t1", "1");
+    symlink("t1", "rl");
+    for (int i = 0; i < 3; i++) {
+        char buf[64] = {0};
+        long r = readlink("rl", buf, sizeof buf);
+        if (i == 2)
+            printf("readlink n=%ld '%s'\n", r, buf);
+    }
+    char small[2] = {0};
+    printf("readlink-short n=%ld '%.2s'\n", (long)readlink("rl", small, sizeof small), small);
+    unlink("rl");
+    symlink("other-target", "rl");
+    char buf[64] = {0};
+    printf("readlink-relinked n=%ld '%s'\n", (long)readlink("rl", buf, sizeof buf), buf);
+    ck("readlink-file", readlink("t1", buf, sizeof buf));
+    ck("readlink-file-again", readlink("t1", buf, sizeof buf));
+    ck("readlink-size-0", readlink("rl", buf, 0));
+    char cwd[4096];
+    mkdir("cw", 0755);
+    if (chdir("cw") < 0)
+        return 4;
+    for (int i = 0; i < 3; i++)
+        getcwd(cwd, sizeof cwd);
+    const char *base = strrchr(cwd, '/');
+    printf("getcwd ends-with %s\n", base ? base : "?");
+    printf("getcwd-short %ld\n", syscall(SYS_getcwd, cwd, 2) < 0 ? (long)-errno : 0L);
+    if (chdir("..") < 0)
+        return 4;
+    int fd = open("t1", O_RDONLY);
+    struct stat fs;
+    for (int i = 0; i < 3; i++)
+        fstat(fd, &fs);
+    printf("fstat size=%ld mode=%o\n", (long)fs.st_size, fs.st_mode & 07777);
+    chmod("t1", 0640);
+    put("t1", "12345");
+    fstat(fd, &fs);
+    printf("fstat-changed size=%ld mode=%o\n", (long)fs.st_size, fs.st_mode & 07777);
+    rename("t1", "t2");
+    syscall(SYS_newfstatat, fd, "", &fs, AT_EMPTY_PATH);
+    printf("fstat-renamed size=%ld nlink=%ld\n", (long)fs.st_size, (long)fs.st_nlink);
+    unlink("t2");
+    fstat(fd, &fs);
+    printf("fstat-unlinked nlink=%ld\n", (long)fs.st_nlink);
+    close(fd);
+    int pfd[2];
+    if (pipe(pfd) < 0)
+        return 4;
+    fstat(pfd[0], &fs);
+    printf("fstat-pipe fifo=%d\n", S_ISFIFO(fs.st_mode));
+    ck("fstat-bad-fd", fstat(999, &fs));
+
     puts("as-root:");
     put("owned", "o");
     st("stat-owned", "owned", 0);
+    int ofd = open("owned", O_RDONLY);
+    fstat(ofd, &fs);
     if (chown("owned", 1234, 5678) < 0)
         ck("chown", -1);
     st("stat-chowned", "owned", 0);
+    fstat(ofd, &fs);
+    printf("fstat-chowned uid=%d gid=%d\n", fs.st_uid, fs.st_gid);
+    close(ofd);
     chmod("owned", 0600);
     op("open-as-root", "owned", O_RDONLY);
     pid = fork();

@@ -416,6 +416,8 @@ def do_readlink(k, c: Call, dirfd: int, path: bytes, buf: int, size: int) -> int
     else:
         raise SysError(errno.ENOENT)
     with d:
+        if path:
+            k.fast.remember(c, dirfd, path, False, d)
         if not stat.S_ISLNK(d.st.st_mode):
             raise SysError(errno.EINVAL)
         target = os.readlink(d.name, dir_fd=d.parent_fd)

@@ -114,7 +114,9 @@ def _stat_fd(k, c: Call, fd: int) -> bytes:
             return stat_dentry(k, d)
     hostfd = os.open(link, os.O_PATH | os.O_CLOEXEC)
     try:
-        return raw_stat(k, hostfd, b"", AT_EMPTY_PATH, mount, upper)
+        data = raw_stat(k, hostfd, b"", AT_EMPTY_PATH, mount, upper)
+        k.fast.remember_object(os.fstat(hostfd), mount, upper)
+        return data
     finally:
         os.close(hostfd)
 
