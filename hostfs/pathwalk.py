@@ -19,8 +19,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 
 from hostfs.mount import Mount, MountTable, join
+from hostfs.overlay import OvlDir
 from hostfs.ownership import STORE_NAME, OwnershipStore
 
 # The mount of a magic link's object outside every guest mount (a descriptor
@@ -30,6 +32,11 @@ MAGIC_MOUNT = Mount((), b"", readonly=False, kind="magic", store=OwnershipStore(
 O_DIRPATH = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 MAX_LINKS = 40
 NAME_MAX = 255
+# The directory cache (PathWalk._dirs): at most this many handles, kept at most
+# this long, so a directory renamed from outside the jail is seen within that
+# time (FUSE's default entry timeout is the same second).
+DIR_CACHE_MAX = 1024
+DIR_CACHE_SECONDS = 1.0
 
 
 class WalkError(Exception):
@@ -94,19 +101,57 @@ class Dentry:
 class PathWalk:
     def __init__(self, mounts: MountTable):
         self.mounts = mounts
+        # Canonical guest directory -> (its handle, the descriptors the cache owns).
+        # Emptied by forget_dirs() after any call that may rename, remove or copy
+        # up a directory (umlrun/fastpath.py decides), and by trim().
+        self._dirs: dict[tuple, tuple] = {}
+        self._dirs_since = 0.0
 
     # A directory handle is a host descriptor, or an OvlDir inside an overlay mount.
 
     def _root_handle(self, m: Mount):
         return m.overlay.root() if m.overlay is not None else m.fd
 
+    def _dir(self, comps: tuple, m: Mount, make, owned: list[int]):
+        """The handle of directory comps (in mount m), from the cache or make().
+        What make() opened moves from the walk's descriptors to the cache's.
+        An OvlDir is handed out as a copy: copy-up changes the one it is given."""
+        hit = self._dirs.get(comps)
+        if hit is None:
+            first = len(owned)
+            h = make()
+            if m.fs is not None:  # a guest filesystem's directories are remade as it lists them
+                return h
+            if not self._dirs:
+                self._dirs_since = time.monotonic()
+            hit = self._dirs[comps] = (h, owned[first:])
+            del owned[first:]
+        h = hit[0]
+        return h if isinstance(h, int) else OvlDir(h.upper, h.lower, h.rel)
+
+    def forget_dirs(self) -> None:
+        for _, fds in self._dirs.values():
+            for fd in fds:
+                os.close(fd)
+        self._dirs.clear()
+
+    def trim(self) -> bool:
+        """Between calls: empty the cache when full or old. Returns whether it did."""
+        if self._dirs and (len(self._dirs) > DIR_CACHE_MAX
+                           or time.monotonic() - self._dirs_since > DIR_CACHE_SECONDS):
+            self.forget_dirs()
+            return True
+        return False
+
     def open_dir(self, comps: tuple[bytes, ...], owned: list[int]):
         """A handle for a canonical guest directory (no symlinks expected on the way)."""
+        if comps in self._dirs:
+            return self._dir(comps, None, None, owned)  # a hit: neither m nor make is needed
         m = self.mounts.containing(comps)
-        h = self._root_handle(m)
-        for c in comps[len(m.guest):]:
+        h = self._dir(m.guest, m, lambda: self._root_handle(m), owned)
+        for i in range(len(m.guest), len(comps)):
             try:
-                h = self._child_dir(m, h, c, owned)
+                h = self._dir(comps[:i + 1], m, lambda h=h, c=comps[i]: self._child_dir(m, h, c, owned), owned)
             except OSError as e:
                 raise WalkError(errno.ENOENT if e.errno == errno.ELOOP else e.errno) from None
         return h
@@ -188,7 +233,7 @@ class PathWalk:
             if m is not None:
                 if last and not m.is_dir:
                     return Dentry(m.parent_fd, m.name, child, m, os.stat(m.name, dir_fd=m.parent_fd), owned)
-                comps, h = list(child), self._root_handle(m)
+                comps, h = list(child), self._dir(child, m, lambda m=m: self._root_handle(m), owned)
                 continue
             fs = here.fs
             if fs is not None:
@@ -235,7 +280,7 @@ class PathWalk:
             if not stat.S_ISDIR(st.st_mode):
                 raise WalkError(errno.ENOTDIR)
             try:
-                h = self._child_dir(here, h, c, owned)
+                h = self._dir(child, here, lambda h=h, m=here, c=c: self._child_dir(m, h, c, owned), owned)
             except OSError as e:
                 raise WalkError(e.errno) from None
             comps = list(child)

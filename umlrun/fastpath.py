@@ -55,13 +55,17 @@ class FastPath:
     # ---- after each call Python answered ----------------------------------------------
 
     def after(self, name: str, call) -> None:
-        """A call has been answered (or failed): revoke, or grant the caller."""
-        if not self.enabled:
-            return
+        """A call has been answered (or failed): revoke, or grant the caller.
+        The guest VFS's directory cache (hostfs/pathwalk.py) follows the same
+        rule, and when it empties itself for its age, so does the C side."""
+        vfs = self.k.vfs
         if name not in PURE_CALLS or OverlayFS.copy_ups != self.copy_ups:
             self.copy_ups = OverlayFS.copy_ups
+            vfs.forget_dirs()
             lib.sysemu_fast_revoke()
-        elif call.proc.known:
+        elif vfs.trim():
+            lib.sysemu_fast_revoke()
+        elif self.enabled and call.proc.known:
             self.grant(call.proc)
 
     def grant(self, proc) -> None:

@@ -187,6 +187,25 @@ int main(int argc, char **argv)
     printf("fstat-pipe fifo=%d\n", S_ISFIFO(fs.st_mode));
     ck("fstat-bad-fd", fstat(999, &fs));
 
+    /* Lookups relative to a directory descriptor follow the directory, not its name. */
+    mkdir("dd", 0755);
+    mkdir("dd/sub", 0755);
+    put("dd/sub/f", "old");
+    int dfd = open("dd", O_RDONLY | O_DIRECTORY);
+    for (int i = 0; i < 3; i++)
+        syscall(SYS_newfstatat, dfd, "sub/f", &fs, 0);
+    printf("at-dirfd size=%ld\n", (long)fs.st_size);
+    rename("dd", "dd2");
+    mkdir("dd", 0755);
+    mkdir("dd/sub", 0755);
+    put("dd/sub/f", "newer");
+    syscall(SYS_newfstatat, dfd, "sub/f", &fs, 0);
+    printf("at-dirfd-renamed size=%ld\n", (long)fs.st_size);
+    st("at-new-name", "dd/sub/f", 0);
+    rename("dd2/sub", "dd2/moved");
+    ck("at-dirfd-sub-moved", syscall(SYS_newfstatat, dfd, "sub/f", &fs, 0));
+    close(dfd);
+
     puts("as-root:");
     put("owned", "o");
     st("stat-owned", "owned", 0);
