@@ -3,6 +3,9 @@
  *
  *   floor MODE N      MODE: notify   getppid answered through seccomp user-notify
  *                                    (with the synchronous wake-up flag)
+ *                           filter   pread of an open file under a filter that
+ *                                    allows everything: what any seccomp filter
+ *                                    costs a call that never traps
  *                           ptrace   getppid answered at a seccomp RET_TRACE stop
  *                                    (registers rewritten, one stop a call)
  *                           ptrace-held  the same, the tracee woken on the
@@ -10,6 +13,10 @@
  *                           stat     newfstatat emulated through user-notify: the
  *                                    path read from the guest, stat done by the
  *                                    supervisor, the struct written back
+ *                           open     openat (and a native close) emulated: the path
+ *                                    read, the file opened by the supervisor and
+ *                                    installed with ADDFD as the result, the guest
+ *                                    held on the supervisor's CPU meanwhile
  *
  * Prints "native_us trapped_us": the same call's cost in microseconds, with no
  * filter and under the C supervisor. The guest times itself, so the
@@ -55,13 +62,20 @@ static double now(void)
 }
 
 /* The guest's loop: N of the call, timed. */
+static int pread_fd = -1;
+
 static double loop(int nr, long n)
 {
     struct stat st;
+    char c;
     double t0 = now();
     for (long i = 0; i < n; i++) {
         if (nr == SYS_getppid)
             syscall(SYS_getppid);
+        else if (nr == SYS_pread64)
+            syscall(SYS_pread64, pread_fd, &c, 1, 0);
+        else if (nr == SYS_openat)
+            close(syscall(SYS_openat, AT_FDCWD, STAT_PATH, O_RDONLY | O_CLOEXEC));
         else
             syscall(SYS_newfstatat, AT_FDCWD, STAT_PATH, &st, 0);
     }
@@ -126,6 +140,35 @@ static long answer_stat(int pid, const struct seccomp_data *d)
     return process_vm_writev(pid, &sl, 1, &sr, 1, 0) == sizeof st ? 0 : -EFAULT;
 }
 
+#ifndef SECCOMP_ADDFD_FLAG_SEND
+#define SECCOMP_ADDFD_FLAG_SEND (1UL << 1)
+#endif
+
+/* One emulated openat: the file opened here and installed as the call's result. */
+static void answer_open(int l, int pid, const struct seccomp_notif *req)
+{
+    char path[4096];
+    struct iovec lv = {path, 4096 - (req->data.args[1] & 4095)}, rv = {(void *)req->data.args[1], lv.iov_len};
+    int fd = -1;
+    if (process_vm_readv(pid, &lv, 1, &rv, 1, 0) > 0 && memchr(path, 0, lv.iov_len))
+        fd = openat(AT_FDCWD, path, (int)req->data.args[2] | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        struct seccomp_notif_resp resp = {.id = req->id, .error = -errno};
+        ioctl(l, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+        return;
+    }
+    cpu_set_t all, one;
+    sched_getaffinity(pid, sizeof all, &all);
+    CPU_ZERO(&one);
+    CPU_SET(sched_getcpu(), &one);
+    sched_setaffinity(pid, sizeof one, &one);
+    struct seccomp_notif_addfd a = {.id = req->id, .flags = SECCOMP_ADDFD_FLAG_SEND, .srcfd = fd,
+                                    .newfd_flags = O_CLOEXEC};
+    ioctl(l, SECCOMP_IOCTL_NOTIF_ADDFD, &a);
+    sched_setaffinity(pid, sizeof all, &all);
+    close(fd);
+}
+
 static int run_notify(int nr, long n)
 {
     int sv[2], out[2];
@@ -153,6 +196,10 @@ static int run_notify(int nr, long n)
         memset(&req, 0, sizeof req);
         if (ioctl(l, SECCOMP_IOCTL_NOTIF_RECV, &req) < 0)
             return 1;
+        if (nr == SYS_openat) {
+            answer_open(l, req.pid, &req);
+            continue;
+        }
         struct seccomp_notif_resp resp = {.id = req.id};
         long v = nr == SYS_getppid ? 1 : answer_stat(req.pid, &req.data);
         if (v < 0)
@@ -167,6 +214,16 @@ static int run_notify(int nr, long n)
         return 1;
     waitpid(pid, NULL, 0);
     printf("%.3f %.3f\n", native, us);
+    return 0;
+}
+
+static int run_filter(long n)
+{
+    pread_fd = open(STAT_PATH, O_RDONLY);
+    double native = loop(SYS_pread64, n);
+    if (install(-1, SECCOMP_RET_ALLOW, 0) < 0)
+        return 1;
+    printf("%.3f %.3f\n", native, loop(SYS_pread64, n));
     return 0;
 }
 
@@ -227,7 +284,7 @@ int main(int argc, char **argv)
 {
     long n = argc > 2 ? atol(argv[2]) : 0;
     if (argc != 3 || n <= 0) {
-        fprintf(stderr, "usage: floor notify|stat|ptrace|ptrace-held N\n");
+        fprintf(stderr, "usage: floor notify|stat|open|filter|ptrace|ptrace-held N\n");
         return 2;
     }
     if (readlink("/proc/self/exe", STAT_PATH, sizeof STAT_PATH - 1) < 0)
@@ -236,10 +293,14 @@ int main(int argc, char **argv)
         return run_notify(SYS_getppid, n);
     if (!strcmp(argv[1], "stat"))
         return run_notify(SYS_newfstatat, n);
+    if (!strcmp(argv[1], "open"))
+        return run_notify(SYS_openat, n);
+    if (!strcmp(argv[1], "filter"))
+        return run_filter(n);
     if (!strcmp(argv[1], "ptrace"))
         return run_ptrace(n, 0);
     if (!strcmp(argv[1], "ptrace-held"))
         return run_ptrace(n, 1);
-    fprintf(stderr, "floor: unknown mode %s (notify, stat, ptrace or ptrace-held)\n", argv[1]);
+    fprintf(stderr, "floor: unknown mode %s (notify, stat, open, filter, ptrace or ptrace-held)\n", argv[1]);
     return 2;
 }

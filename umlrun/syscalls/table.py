@@ -15,6 +15,8 @@ A number missing from the table is DENIED with ENOSYS: default-deny.
 from __future__ import annotations
 
 import errno
+import importlib.util
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -68,18 +70,29 @@ class Syscall:
     signature: tuple = field(default=())
 
 
+def _ptrace_data(rel: str, name: str):
+    """A data table of python-ptrace (a module without imports), loaded alone:
+    importing its package also loads its tracer (ctypes, logging...), a tenth
+    of every jail's start."""
+    spec = importlib.util.find_spec("ptrace")
+    path = os.path.join(os.path.dirname(spec.origin), *rel.split("/"))
+    scope: dict = {}
+    with open(path, encoding="utf-8") as f:
+        exec(compile(f.read(), path, "exec"), scope)  # noqa: S102 - python-ptrace's own table
+    return scope[name]
+
+
 def _names() -> dict[int, str]:
-    from ptrace.syscall.linux.x86_64 import SYSCALL_NAMES
-    names = {nr: name for nr, name in SYSCALL_NAMES.items() if nr <= MAX_NR}
+    names = {nr: name for nr, name in _ptrace_data("syscall/linux/x86_64.py", "SYSCALL_NAMES").items()
+             if nr <= MAX_NR}
     names.update(_NEWER_NAMES)
     names[283] = "timerfd_create"  # python-ptrace calls it "timerfd"
     return names
 
 
-def _signature(name: str) -> tuple:
-    from ptrace.syscall.prototypes import SYSCALL_PROTOTYPES
-    proto = SYSCALL_PROTOTYPES.get(name)
-    return tuple(proto[1]) if proto else _NEWER_SIGNATURES.get(name, ())
+def _signatures(names) -> dict[str, tuple]:
+    protos = _ptrace_data("syscall/prototypes.py", "SYSCALL_PROTOTYPES")
+    return {n: tuple(protos[n][1]) if n in protos else _NEWER_SIGNATURES.get(n, ()) for n in names}
 
 
 class SyscallTable:
@@ -88,8 +101,10 @@ class SyscallTable:
     def __init__(self):
         self.by_nr: dict[int, Syscall] = {}
         self.by_name: dict[str, Syscall] = {}
-        for nr, name in sorted(_names().items()):
-            entry = Syscall(nr, name, signature=_signature(name), note="not implemented")
+        names = _names()
+        signatures = _signatures(names.values())
+        for nr, name in sorted(names.items()):
+            entry = Syscall(nr, name, signature=signatures[name], note="not implemented")
             self.by_nr[nr] = entry
             self.by_name[name] = entry
 
