@@ -236,6 +236,40 @@ def calls_table(rows: dict, runners: list[Runner]) -> list[list[str]]:
     return out
 
 
+# ---- the supervisor's memory -------------------------------------------------------------
+
+BUILD_50 = ("d=$(mktemp -d) && cd $d && for i in $(seq 1 50); do echo \"int f$i(int x) { return x * $i; }\" "
+            "> f$i.c; done && printf 'all: $(patsubst %%.c,%%.o,$(wildcard *.c))\\n' > Makefile && "
+            "make -s -j4 && test $(ls *.o | wc -l) = 50")
+WHAT_50 = "make -j4 of 50 C files (150 processes)"
+
+
+def peak_rss(argv: list[str], every: float = 0.02, timeout: float = 300) -> float | str:
+    """The highest resident size, in MB, of the process argv starts (not its children),
+    sampled from /proc while it runs; or why it failed."""
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         env=GUEST_ENV, cwd="/")
+    peak, start = 0, time.perf_counter()
+    while p.poll() is None:
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        peak = max(peak, int(line.split()[1]))
+        except OSError:
+            pass
+        if time.perf_counter() - start > timeout:
+            p.kill()
+            p.wait()
+            return f"timed out after {timeout:.0f} s"
+        time.sleep(every)
+    err = p.stderr.read().decode(errors="replace").strip()
+    p.stderr.close()
+    if p.returncode != 0:
+        return f"exit {p.returncode}: {err[-120:]}"
+    return peak / 1024
+
+
 def table(results: dict, runners: list[Runner]) -> list[list[str]]:
     """Rows for printing: workload, then per runner "median s (ratio x)"."""
     rows = [["workload"] + [r.name for r in runners]]
@@ -330,6 +364,12 @@ def main_bench(args) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             calls = run_calls([r for r in runners if r.name in ("native", "umlrun")], busybox,
                               build_floor(Path(tmp)), rounds, progress=call_progress)
+    memory = None
+    if not args.only:
+        umlrun = next((r for r in runners if r.name == "umlrun"), None)
+        if umlrun is not None and not umlrun.missing:
+            tree = trees.get("debian-dev") or rootfs.ensure("debian-dev", console=console)
+            memory = peak_rss(umlrun.argv(tree, BUILD_50))
     show(table(results, runners), f"{machine()} - {rounds} rounds, medians (ratio to native)",
          f"Machine: {machine()}; {rounds} rounds, interleaved; median wall time (ratio to native).", args.markdown)
     if calls is not None:
@@ -338,6 +378,9 @@ def main_bench(args) -> int:
              "One call, timed inside the guest: median µs (ratio to the C floor: the same call "
              "answered by a C supervisor, or for pread run under a seccomp filter that allows everything).",
              args.markdown)
+    if memory is not None:
+        shown = f"{memory:.1f} MB" if isinstance(memory, float) else f"failed ({memory})"
+        print(f"Supervisor peak resident memory during a {WHAT_50}: {shown}.")
     for name, cells in results.items():
         for runner, cell in cells.items():
             if cell["error"] and not any(r.name == runner and r.missing for r in runners):

@@ -92,3 +92,10 @@ def test_the_c_floor_and_the_guest_time_one_call(busybox_root, tmp_path, monkeyp
     assert all(rows[c.name][r.name]["median"] > 0 for c in CALLS for r in runners)
     assert all(rows[c.name]["floor"]["median"] > 0 for c in CALLS if c.floor)
     assert all(rows[name]["floor"]["median"] > 0 for name in FLOOR_STOPS)
+
+
+def test_peak_rss_samples_the_process_and_reports_failures():
+    from bench.harness import peak_rss
+    rss = peak_rss(["python3", "-c", "x = bytearray(64 << 20); import time; time.sleep(0.3)"])
+    assert isinstance(rss, float) and rss >= 64, rss  # the 64 MB it held were seen
+    assert peak_rss(["sh", "-c", "echo oops >&2; exit 3"]) == "exit 3: oops"
