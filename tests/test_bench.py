@@ -99,3 +99,10 @@ def test_peak_rss_samples_the_process_and_reports_failures():
     rss = peak_rss(["python3", "-c", "x = bytearray(64 << 20); import time; time.sleep(0.3)"])
     assert isinstance(rss, float) and rss >= 64, rss  # the 64 MB it held were seen
     assert peak_rss(["sh", "-c", "echo oops >&2; exit 3"]) == "exit 3: oops"
+
+
+def test_quick_runs_a_fifth_of_the_calls():
+    from bench.harness import fewer
+    assert fewer("/opt/x/loop stat 50000 /bin/busybox && loop getpid 100000") == \
+        "/opt/x/loop stat 10000 /bin/busybox && loop getpid 20000"
+    assert fewer("while [ $i -lt 300 ]; do /bin/true; done") == "while [ $i -lt 300 ]; do /bin/true; done"
