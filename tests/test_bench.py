@@ -1,5 +1,7 @@
 """The benchmark harness's own logic (bench/harness.py): medians, ratios, peer
 detection, the table, one real interleaved run. No timing is asserted."""
+import os
+
 from bench.harness import (
     CALLS,
     FLOOR_STOPS,
@@ -106,3 +108,19 @@ def test_quick_runs_a_fifth_of_the_calls():
     assert fewer("/opt/x/loop stat 50000 /bin/busybox && loop getpid 100000") == \
         "/opt/x/loop stat 10000 /bin/busybox && loop getpid 20000"
     assert fewer("while [ $i -lt 300 ]; do /bin/true; done") == "while [ $i -lt 300 ]; do /bin/true; done"
+
+
+def test_long_workloads_run_only_when_named():
+    from bench.harness import choose
+    assert "W-cpython" not in {w.name for w in choose(None, quick=False)}
+    assert {w.name for w in choose(None, quick=True)} == {"W-fork", "W-stat", "W-open", "W-syscall", "W-read", "W-py"}
+    assert [w.name for w in choose(["W-cpython"], quick=False)] == ["W-cpython"]
+
+
+def test_native_cpython_gets_proc_dev_and_tmp(tmp_path):
+    r = Runner("native", prefix=["chroot"])
+    argv = r.argv(tmp_path, "python3 -m test -j2 test_os; true")
+    if os.geteuid() == 0:
+        assert argv[:4] == ["unshare", "-m", "-p", "-f"] and f"mount -t proc proc {tmp_path}/proc" in argv[6]
+        assert argv[-1] == "python3 -m test -j2 test_os; true"
+    assert Runner("native", prefix=["chroot"]).argv(tmp_path, "true") == ["chroot", str(tmp_path), "/bin/sh", "-c", "true"]
