@@ -161,12 +161,21 @@ def run(workloads: list[Workload], runners: list[Runner], trees: dict[str, Path]
                 if cell["error"] is not None:
                     continue
                 took = time_once(r.argv(trees[w.tree], w.script), timeout)
-                if isinstance(took, str):
-                    cell["error"] = took
-                else:
-                    cell["samples"].append(took)
+                record(cell, took)
                 if progress:
                     progress(rnd, w, r, took)
+    return with_medians(results)
+
+
+def record(cell: dict, took: float | str) -> None:
+    """One sample, or why the cell failed (it is not run again)."""
+    if isinstance(took, str):
+        cell["error"] = took
+    else:
+        cell["samples"].append(took)
+
+
+def with_medians(results: dict) -> dict:
     for cells in results.values():
         for cell in cells.values():
             cell["median"] = median(cell["samples"])
@@ -227,14 +236,10 @@ def run_calls(runners: list[Runner], tree: Path, floor: Path, rounds: int, progr
                 cell = rows[name][who]
                 if cell["error"] is None:
                     took = self_timed(argv)
-                    cell["samples" if isinstance(took, float) else "error"] = (
-                        cell["samples"] + [took] if isinstance(took, float) else took)
+                    record(cell, took)
                     if progress:
                         progress(rnd, name, who, took)
-    for cells in rows.values():
-        for cell in cells.values():
-            cell["median"] = median(cell["samples"])
-    return rows
+    return with_medians(rows)
 
 
 def calls_table(rows: dict, runners: list[Runner]) -> list[list[str]]:

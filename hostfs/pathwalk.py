@@ -98,6 +98,11 @@ class Dentry:
         self.close()
 
 
+def _handed_out(h):
+    """A cached handle for one walk: an OvlDir is copied, since copy-up changes the one it is given."""
+    return h if isinstance(h, int) else OvlDir(h.upper, h.lower, h.rel)
+
+
 class PathWalk:
     def __init__(self, mounts: MountTable):
         self.mounts = mounts
@@ -114,8 +119,7 @@ class PathWalk:
 
     def _dir(self, comps: tuple, m: Mount, make, owned: list[int]):
         """The handle of directory comps (in mount m), from the cache or make().
-        What make() opened moves from the walk's descriptors to the cache's.
-        An OvlDir is handed out as a copy: copy-up changes the one it is given."""
+        What make() opened moves from the walk's descriptors to the cache's."""
         hit = self._dirs.get(comps)
         if hit is None:
             first = len(owned)
@@ -126,8 +130,7 @@ class PathWalk:
                 self._dirs_since = time.monotonic()
             hit = self._dirs[comps] = (h, owned[first:])
             del owned[first:]
-        h = hit[0]
-        return h if isinstance(h, int) else OvlDir(h.upper, h.lower, h.rel)
+        return _handed_out(hit[0])
 
     def forget_dirs(self) -> None:
         for _, fds in self._dirs.values():
@@ -145,8 +148,9 @@ class PathWalk:
 
     def open_dir(self, comps: tuple[bytes, ...], owned: list[int]):
         """A handle for a canonical guest directory (no symlinks expected on the way)."""
-        if comps in self._dirs:
-            return self._dir(comps, None, None, owned)  # a hit: neither m nor make is needed
+        hit = self._dirs.get(comps)
+        if hit is not None:
+            return _handed_out(hit[0])
         m = self.mounts.containing(comps)
         h = self._dir(m.guest, m, lambda: self._root_handle(m), owned)
         for i in range(len(m.guest), len(comps)):

@@ -97,7 +97,9 @@ static int sysemu_fast_task(int tid, int vtid, int vtgid, int paths, const char 
     t->vtid = vtid;
     t->vtgid = vtgid;
     t->gen = 0;
-    if (paths) {
+    if (paths && t->cwd != NULL && t->cwdlen == cwdlen && !memcmp(t->cwd, cwd, cwdlen)) {
+        t->gen = fast_gen; /* the same cwd: the common case, no copy */
+    } else if (paths) {
         char *copy = malloc(cwdlen + 1);
         if (copy == NULL)
             return -ENOMEM;

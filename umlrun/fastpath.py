@@ -4,8 +4,8 @@ itself (sysemu/fastpath.c has the C half and the rules).
 Python stays the authority: a call is answered in C only from facts the
 guest kernel established here, and only until something could have changed
 them. The facts:
-  - a task's guest pid and tid (getpid, gettid): given when Python answers one
-    of them, forgotten when the task exits or execs;
+  - a task's guest pid and tid (getpid, gettid): given after any call Python
+    answers for it, forgotten when the task exits or execs;
   - a task may use the path cache: its root is the jail's and it is the fake
     root (a walk then checks no permission); granted, with its cwd, after each
     call Python answers for it that changes nothing;
@@ -92,7 +92,7 @@ class FastPath:
         st = d.st
         if stat.S_ISDIR(st.st_mode) and d.mount.overlay is not None and d.in_upper:
             return
-        owner = self.remember_object(st, d.mount, d.in_upper)
+        owner = self.remember_object(st.st_dev, st.st_ino, d.mount, d.in_upper)
         if owner is None:
             return
         try:
@@ -110,18 +110,18 @@ class FastPath:
         lib.sysemu_fast_remember(key, len(key), int(follow), host, st.st_dev, st.st_ino, *owner,
                                  int(stat.S_ISREG(st.st_mode)))
 
-    def remember_object(self, st, mount, upper: bool):
+    def remember_object(self, dev: int, ino: int, mount, upper: bool):
         """fstat of a descriptor of this object may be answered in C. Returns the
         owner rule ((-1, -1): the host's, own ids as root), None for a device
         placeholder (its type and number are the store's)."""
         if not self.enabled:
             return None
         store = mount.store if mount is not None else None
-        e = store.get(st.st_ino, upper) if store is not None else None
+        e = store.get(ino, upper) if store is not None else None
         if e is not None and e.kind:
             return None
         owner = (e.uid, e.gid) if e is not None else (-1, -1)
-        lib.sysemu_fast_object(st.st_dev, st.st_ino, *owner)
+        lib.sysemu_fast_object(dev, ino, *owner)
         return owner
 
     @staticmethod

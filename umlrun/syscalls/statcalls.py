@@ -115,7 +115,8 @@ def _stat_fd(k, c: Call, fd: int) -> bytes:
     hostfd = os.open(link, os.O_PATH | os.O_CLOEXEC)
     try:
         data = raw_stat(k, hostfd, b"", AT_EMPTY_PATH, mount, upper)
-        k.fast.remember_object(os.fstat(hostfd), mount, upper)
+        k.fast.remember_object(int.from_bytes(data[0:8], "little"), int.from_bytes(data[8:16], "little"),
+                               mount, upper)
         return data
     finally:
         os.close(hostfd)
