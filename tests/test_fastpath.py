@@ -68,3 +68,19 @@ def test_tracing_turns_the_fast_path_off(busybox_root, tmp_path):
     status, answered = _answered_in_c(busybox_root, ["sh", "-c", LOOP], trace_file=str(tmp_path / "trace"))
     assert (status, answered) == (0, 0)
     assert (tmp_path / "trace").read_text().count("/bin/busybox") >= 200
+
+
+def test_creating_in_a_lower_directory_and_changing_attributes(busybox_root):
+    """Names created in a directory of the overlay's lower layer (its upper copy
+    is made then) are seen at once, and so are chown and times, which keep the
+    directory cache."""
+    r = umlrun("run", "-r", busybox_root, "--", "sh", "-c",
+               "cd /etc && cat passwd >/dev/null && ls >/dev/null && [ ! -e newfile ] && echo hi > newfile && "
+               "cat newfile && ls | grep -c newfile && mkdir sub && echo x > sub/f && ls sub && "
+               "chown 7 sub/f && stat -c %u sub/f && touch -d @0 sub/f && stat -c %Y sub/f && "
+               "ln -s f sub/l && readlink sub/l && cat sub/l && "
+               # unlinking keeps the directory cache: a lower file whited out, then made again
+               "cat group >/dev/null && rm group && (cat group 2>/dev/null || echo gone) && "
+               "echo again > group && cat group && rm sub/l && (readlink sub/l || echo unlinked)")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["hi", "1", "f", "7", "0", "f", "x", "gone", "again", "unlinked"]

@@ -12,11 +12,16 @@ them. The facts:
   - a path's host file and the owner the guest sees: remembered after a stat,
     a readlink or a read-only open of it walked to an ordinary object;
   - an object's owner as the guest sees it (for fstat), by (dev, ino).
-Every call not in PURE_CALLS revokes all grants and the whole path cache
-when it has run: renames, chmods, chdirs, set*id, mounts... A new handler is
-therefore safe by default. The open family is pure: creating a name never
-changes what an existing one resolves to (a name hidden by a whiteout was
-never cached); what it may change, a copy-up of a lower file, revokes too.
+Every call not in PURE_CALLS or KEEPS_DIRS revokes all grants and both
+caches (this one and the guest VFS's directory handles) when it has run:
+renames, unlinks, chdirs, set*id, xattrs... A new handler is therefore safe
+by default. Creating a name (open's O_CREAT, mkdir, symlink, link, mknod) is
+pure: it never changes what an existing name resolves to (a name hidden by a
+whiteout was never cached); what creating may change, a copy-up in an
+overlay, revokes everything too. A change of attributes (chmod, chown,
+times) or the unlink of a file leaves every directory where it is: it
+revokes C's facts (an owner may have changed; a removed file fails C's
+check anyway) but keeps the directory handles.
 """
 from __future__ import annotations
 
@@ -40,7 +45,14 @@ PURE_CALLS = frozenset("""
     sched_setparam sched_getparam sched_setscheduler sched_getscheduler sched_rr_get_interval
     sched_setaffinity sched_getaffinity sched_setattr sched_getattr process_vm_readv process_vm_writev
     connect sendto sendmsg sendmmsg execve execveat umlrun_exec_fd
+    mkdir mkdirat mknod mknodat symlink symlinkat link linkat
 """.split())
+# Calls that leave every directory where it is: attributes, and unlinking a file.
+KEEPS_DIRS = frozenset("""
+    chmod fchmod fchmodat fchmodat2 chown fchown lchown fchownat utime utimes futimesat utimensat truncate
+    unlink
+""".split())
+AT_REMOVEDIR = 0x200
 
 
 class FastPath:
@@ -59,11 +71,12 @@ class FastPath:
         The guest VFS's directory cache (hostfs/pathwalk.py) follows the same
         rule, and when it empties itself for its age, so does the C side."""
         vfs = self.k.vfs
-        if name not in PURE_CALLS or OverlayFS.copy_ups != self.copy_ups:
+        keeps_dirs = name in KEEPS_DIRS or (name == "unlinkat" and not call.args[2] & AT_REMOVEDIR)
+        if OverlayFS.copy_ups != self.copy_ups or (name not in PURE_CALLS and not keeps_dirs):
             self.copy_ups = OverlayFS.copy_ups
             vfs.forget_dirs()
             lib.sysemu_fast_revoke()
-        elif vfs.trim():
+        elif keeps_dirs or vfs.trim():
             lib.sysemu_fast_revoke()
         elif self.enabled and call.proc.known:
             self.grant(call.proc)
