@@ -73,6 +73,7 @@ class MountTable:
         # Host files standing in for guest objects that cannot be handed over as
         # themselves (a merged listing, an O_PATH descriptor of a symlink).
         self.aliases: dict[bytes, tuple[bytes, ...]] = {}
+        self._roots: list | None = None  # for guest_path_of: (host root, its prefix, mount), longest first
 
     def add(self, guest: bytes, host: bytes, readonly: bool = False, kind: str = "bind", fs=None,
             overlay=None) -> Mount:
@@ -83,6 +84,7 @@ class MountTable:
         if old is not None:
             os.close(old.fd)
         self.by_point[m.guest] = m
+        self._roots = None
         return m
 
     def save_stores(self) -> None:
@@ -114,16 +116,11 @@ class MountTable:
             return alias
         if not host.startswith(b"/"):  # pipe:[N], socket:[N], anon_inode:...
             return None
-        best, best_root = None, b""
-        for m in self.by_point.values():
-            roots = [m.host]
-            if m.overlay is not None:
-                roots.append(m.overlay.lower_path)
-            for r in roots:
-                prefix = r.rstrip(b"/") + b"/"
-                if (host == r or host.startswith(prefix) or r == b"/") and (best is None or len(r) > len(best_root)):
-                    best, best_root = m, r
-        if best is None:
-            return None
-        rest = host[len(best_root):] if best_root != b"/" else host
-        return best.guest + split(rest)
+        if self._roots is None:
+            roots = [(r, r.rstrip(b"/") + b"/", m) for m in self.by_point.values()
+                     for r in ([m.host] + ([m.overlay.lower_path] if m.overlay is not None else []))]
+            self._roots = sorted(roots, key=lambda rm: -len(rm[0]))  # the longest host prefix wins
+        for r, prefix, m in self._roots:
+            if host.startswith(prefix) or host == r:
+                return m.guest + split(host[len(r):] if r != b"/" else host)
+        return None
