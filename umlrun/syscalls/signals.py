@@ -211,11 +211,11 @@ def register(t) -> None:
                     "sched_rr_get_interval", "sched_setattr", "sched_getattr")
     for name in sign_checked + ("sched_setaffinity", "sched_getaffinity", "prlimit64", "get_robust_list",
                                 "move_pages", "process_vm_readv", "process_vm_writev"):
+        # sched_setaffinity of itself traps too: sysemu.c's hold_here must not undo it.
+        always = name in ("process_vm_readv", "process_vm_writev", "sched_setaffinity")
         t.ptrace(name, pid_args(0, negative=errno.EINVAL if name in sign_checked else errno.ESRCH),
-                 note="guest pids; the caller itself does not trap",
-                 # sched_setaffinity of itself traps too: sysemu.c's hold_here must not undo it.
-                 native_if_zero=0 if name not in ("process_vm_readv", "process_vm_writev",
-                                                  "sched_setaffinity") else None)
+                 note="guest pids" + ("" if always else "; the caller itself does not trap"),
+                 native_if_zero=None if always else 0)
     for name in ("getpriority", "setpriority"):
         t.ptrace(name, who_arg(PRIO_PROCESS, PRIO_PGRP), note="guest pids", native_if_zero=1)
     for name in ("ioprio_get", "ioprio_set"):
