@@ -142,10 +142,14 @@ def time_once(argv: list[str], timeout: float) -> float | str:
     except subprocess.TimeoutExpired:
         return f"timed out after {timeout:.0f} s"
     took = time.perf_counter() - start
-    if r.returncode != 0:
-        lines = r.stderr.decode(errors="replace").strip().splitlines()
-        return f"exit {r.returncode}: {lines[-1] if lines else ''}"[:120]
-    return took
+    return failure(r.returncode, r.stderr) if r.returncode != 0 else took
+
+
+def failure(returncode: int, stderr: bytes | str) -> str:
+    """Why a run failed, in one line: its status and the last line it wrote to stderr."""
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+    lines = text.strip().splitlines()
+    return f"exit {returncode}: {lines[-1] if lines else ''}"[:120]
 
 
 def run(workloads: list[Workload], runners: list[Runner], trees: dict[str, Path], rounds: int,
@@ -216,7 +220,7 @@ def self_timed(argv: list[str], timeout: float = 300) -> float | str:
         return f"timed out after {timeout:.0f} s"
     words = r.stdout.split()
     if r.returncode != 0 or not words:
-        return f"exit {r.returncode}: {r.stderr.strip()[-120:]}"
+        return failure(r.returncode, r.stderr)
     return float(words[-1])
 
 
@@ -288,11 +292,9 @@ def peak_rss(argv: list[str], every: float = 0.02, timeout: float = 300) -> floa
             p.wait()
             return f"timed out after {timeout:.0f} s"
         time.sleep(every)
-    err = p.stderr.read().decode(errors="replace").strip()
+    err = p.stderr.read()
     p.stderr.close()
-    if p.returncode != 0:
-        return f"exit {p.returncode}: {err[-120:]}"
-    return peak / 1024
+    return failure(p.returncode, err) if p.returncode != 0 else peak / 1024
 
 
 def table(results: dict, runners: list[Runner]) -> list[list[str]]:

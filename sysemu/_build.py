@@ -58,7 +58,7 @@ ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "sysemu._sysemu",
     (HERE / "sysemu.c").read_text(),
-    depends=[str(HERE / "fastpath.c"), str(HERE / "sysemu.h")],
+    depends=[str(HERE / "fastpath.c"), str(HERE / "sysemu.h"), str(HERE / "compat.h")],
     include_dirs=[str(HERE)],
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
 )

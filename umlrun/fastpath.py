@@ -55,6 +55,11 @@ KEEPS_DIRS = frozenset("""
 AT_REMOVEDIR = 0x200
 
 
+def _cwd(proc) -> bytes:
+    """The cwd as the C side keys relative paths with it: "/a/b", and "" for /."""
+    return b"".join(b"/" + c for c in proc.fs.cwd)
+
+
 class FastPath:
     def __init__(self, kernel, enabled: bool):
         self.k = kernel
@@ -84,8 +89,7 @@ class FastPath:
     def grant(self, proc) -> None:
         procs = self.k.procs
         paths = proc.fs.root == () and proc.cred.fsuid == 0
-        cwd = b"/".join(proc.fs.cwd)
-        cwd = b"/" + cwd if cwd else b""
+        cwd = _cwd(proc)
         lib.sysemu_fast_task(proc.tid, procs.vpid(proc.tid), procs.vpid(proc.tgid), int(paths), cwd, len(cwd))
 
     def forget(self, tid: int) -> None:
@@ -114,11 +118,7 @@ class FastPath:
             return
         if not parent.startswith(b"/") or parent.endswith(b" (deleted)"):
             return
-        if path.startswith(b"/"):
-            key = path
-        else:
-            cwd = b"/".join(proc.fs.cwd)
-            key = (b"/" + cwd if cwd else b"") + b"/" + path
+        key = path if path.startswith(b"/") else _cwd(proc) + b"/" + path  # as sysemu/fastpath.c joins it
         host = parent.rstrip(b"/") + b"/" + d.name
         lib.sysemu_fast_remember(key, len(key), int(follow), host, st.st_dev, st.st_ino, *owner,
                                  int(stat.S_ISREG(st.st_mode)))

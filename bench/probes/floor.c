@@ -45,12 +45,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
-#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
-#endif
-#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
-#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (1UL << 0)
-#endif
+#include "../../sysemu/compat.h"
 
 static char STAT_PATH[4096] = "/"; /* this program's own file, a plain host file */
 
@@ -140,9 +135,15 @@ static long answer_stat(int pid, const struct seccomp_data *d)
     return process_vm_writev(pid, &sl, 1, &sr, 1, 0) == sizeof st ? 0 : -EFAULT;
 }
 
-#ifndef SECCOMP_ADDFD_FLAG_SEND
-#define SECCOMP_ADDFD_FLAG_SEND (1UL << 1)
-#endif
+/* Hold a guest on this CPU (as umlrun does around ADDFD), so the waking call
+ * does not cross CPUs; the caller gives it its mask back after. */
+static void pin_here(pid_t pid)
+{
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(sched_getcpu(), &one);
+    sched_setaffinity(pid, sizeof one, &one);
+}
 
 /* One emulated openat: the file opened here and installed as the call's result. */
 static void answer_open(int l, int pid, const struct seccomp_notif *req)
@@ -157,11 +158,9 @@ static void answer_open(int l, int pid, const struct seccomp_notif *req)
         ioctl(l, SECCOMP_IOCTL_NOTIF_SEND, &resp);
         return;
     }
-    cpu_set_t all, one;
+    cpu_set_t all;
     sched_getaffinity(pid, sizeof all, &all);
-    CPU_ZERO(&one);
-    CPU_SET(sched_getcpu(), &one);
-    sched_setaffinity(pid, sizeof one, &one);
+    pin_here(pid);
     struct seccomp_notif_addfd a = {.id = req->id, .flags = SECCOMP_ADDFD_FLAG_SEND, .srcfd = fd,
                                     .newfd_flags = O_CLOEXEC};
     ioctl(l, SECCOMP_IOCTL_NOTIF_ADDFD, &a);
@@ -263,12 +262,8 @@ static int run_ptrace(long n, int pin)
         } else if (WIFSTOPPED(status) && WSTOPSIG(status) != SIGTRAP) {
             sig = WSTOPSIG(status);
         }
-        if (pin) { /* wake the tracee on this CPU, then give it every CPU back */
-            cpu_set_t one;
-            CPU_ZERO(&one);
-            CPU_SET(sched_getcpu(), &one);
-            sched_setaffinity(pid, sizeof one, &one);
-        }
+        if (pin) /* wake the tracee on this CPU, then give it every CPU back */
+            pin_here(pid);
         ptrace(PTRACE_CONT, pid, 0, sig);
         if (pin)
             sched_setaffinity(pid, sizeof all, &all);
