@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO
+from conftest import REPO, umlrun
 from test_probes import jailed, lines, native
 
 ROOT = os.geteuid() == 0
@@ -95,12 +95,22 @@ def test_two_jails_with_one_key_get_two_objects(busybox_root, probe_dir):
     assert int(ready.split()[1]) not in host_ids("shm")
 
 
-def test_no_object_outlives_the_jail(busybox_root, probe_dir):
+def test_no_object_outlives_the_jail(busybox_root, probe_dir, host_objects):
+    """Objects the guest leaves are removed at the jail's end; meanwhile its
+    /proc/sysvipc shows them (guest keys, guest pids, the guest as owner) and
+    no host object."""
     key = _key()
-    r = umlrun_probe(busybox_root, probe_dir, "leave", key)
+    r = umlrun("run", "-r", busybox_root, "-b", f"{probe_dir}:/probes:ro", "--", "sh", "-c",
+               f"/probes/confine_ipc leave {key}; cat /proc/sysvipc/shm /proc/sysvipc/sem")
+    assert r.returncode == 0, r.stderr
     ids = _ids(r.stdout)
     assert all(i >= 0 for i in ids), r.stdout + r.stderr
     assert _present(ids) == []
+    rows = [row.split() for row in r.stdout.splitlines()[1:] if not row.split()[0] == "key"]
+    shm = [(int(row[0]), int(row[1]), int(row[4]), int(row[7])) for row in rows if len(row) == 16]
+    assert shm == [(key, ids[0], 2, 0), (0, ids[3], 2, 0)], r.stdout   # key, id, cpid, uid
+    sem = [(int(row[0]), int(row[1])) for row in rows if len(row) == 10]
+    assert sem == [(key, ids[1]), (0, ids[4])], r.stdout
 
 
 def umlrun_probe(busybox_root, probe_dir, *args):
