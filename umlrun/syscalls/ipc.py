@@ -30,7 +30,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
-import json
 import os
 import struct
 
@@ -109,6 +108,21 @@ def _start_time(pid: int) -> int | None:
         return None
 
 
+def _read_record(path: str):
+    """(supervisor start time, guest host uid, [(kind, id, key)...]) of a record:
+    a first line "START UID", then "+ KIND ID KEY" and "- KIND ID" lines."""
+    with open(path) as f:
+        start, uid = (int(x) for x in f.readline().split())
+        live: dict = {}
+        for line in f:
+            fields = line.split()
+            if len(fields) == 4 and fields[0] == "+":
+                live[(fields[1], int(fields[2]))] = int(fields[3])
+            elif len(fields) == 3 and fields[0] == "-":
+                live.pop((fields[1], int(fields[2])), None)
+    return start, uid, [(kind, ident, key) for (kind, ident), key in live.items()]
+
+
 def sweep(run_dir: str) -> None:
     """Remove the objects of jails whose supervisor died without removing them."""
     try:
@@ -120,13 +134,12 @@ def sweep(run_dir: str) -> None:
             continue
         path = os.path.join(run_dir, name)
         try:
-            with open(path) as f:
-                record = json.load(f)
-            if _start_time(int(name[4:])) == record["start"]:
+            start, uid, objects = _read_record(path)
+            if _start_time(int(name[4:])) == start:
                 continue  # its supervisor is alive
-            _remove_recorded(record["objects"], record["uid"])
+            _remove_recorded(objects, uid)
             os.unlink(path)
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError):
             continue
 
 
@@ -145,7 +158,14 @@ class IpcNamespace:
         self.secret = os.urandom(16)
         self.objects: dict[tuple[str, int], IpcObject] = {}
         self.record_path = record_path
-        self.start = _start_time(os.getpid())
+        self.record = None  # an append-only log: one write per object made or removed
+        if record_path is not None:
+            try:
+                self.record = os.open(record_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+                                      | os.O_CLOEXEC, 0o600)
+                self._log(f"{_start_time(os.getpid()) or 0} {k.host_ids()[0]}")
+            except OSError:
+                self.record = None
 
     def host_key(self, guest_key: int) -> int:
         digest = hashlib.blake2b(struct.pack("i", guest_key), key=self.secret, digest_size=4).digest()
@@ -161,30 +181,26 @@ class IpcNamespace:
     def add(self, obj: IpcObject) -> None:
         if (obj.kind, obj.id) not in self.objects:
             self.objects[(obj.kind, obj.id)] = obj
-            self._save()
+            self._log(f"+ {obj.kind} {obj.id} {obj.host_key}")
 
     def drop(self, kind: str, ident: int) -> None:
         if self.objects.pop((kind, ident), None) is not None:
-            self._save()
+            self._log(f"- {kind} {ident}")
 
-    def _save(self) -> None:
-        if self.record_path is None:
-            return
-        record = {"start": self.start, "uid": self.k.host_ids()[0],
-                  "objects": [(o.kind, o.id, o.host_key) for o in self.objects.values()]}
-        tmp = self.record_path + ".new"
-        try:
-            with open(tmp, "w") as f:
-                json.dump(record, f)
-            os.replace(tmp, self.record_path)
-        except OSError:
-            pass
+    def _log(self, line: str) -> None:
+        if self.record is not None:
+            try:
+                os.write(self.record, line.encode() + b"\n")
+            except OSError:
+                pass
 
     def remove_all(self) -> None:
         """The jail is over (its processes reaped): its objects go, then the record."""
         _remove_recorded([(o.kind, o.id, o.host_key) for o in self.objects.values()], self.k.host_ids()[0])
         self.objects.clear()
-        if self.record_path is not None:
+        if self.record is not None:
+            os.close(self.record)
+            self.record = None
             try:
                 os.unlink(self.record_path)
             except OSError:
