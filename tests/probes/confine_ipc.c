@@ -12,6 +12,7 @@
  *   confine_ipc bench N           time N semop pairs (ns per call)
  */
 #define _GNU_SOURCE
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/ipc.h>
 #include <sys/msg.h>
@@ -84,6 +85,8 @@ static void host_ids_refused(int id)
     ck("msgctl(host, IPC_STAT)", msgctl(id, IPC_STAT, &qd));
 }
 
+static void on_alarm(int sig) { (void)sig; }
+
 static int own_objects(key_t key)
 {
     int ids[3], st;
@@ -108,6 +111,14 @@ static int own_objects(key_t key)
     printf("shm stat key=%d mine=%d size=%zu\n", sd.shm_perm.__key == key, sd.shm_cpid == getpid(),
            sd.shm_segsz);
     semctl(ids[1], 0, SETVAL, (union semun){ .val = 0 });
+    /* A signal ends a wait with EINTR (a handler without SA_RESTART), as natively. */
+    struct sigaction sa = { .sa_handler = on_alarm };
+    struct sembuf wait_down = { 0, -1, 0 };
+    sigaction(SIGALRM, &sa, NULL);
+    ualarm(50000, 0);
+    ck("semop interrupted", semop(ids[1], &wait_down, 1));
+    ualarm(50000, 0);
+    ck("msgrcv interrupted", msgrcv(ids[2], &m, sizeof m.text, 99, 0));
     child = fork();
     if (child == 0) {   /* by key, as another program would */
         char *p = shmat(shmget(key, 0, 0), NULL, 0);
