@@ -277,7 +277,9 @@ class ProcFS:
                 out = []
                 for line in data.split(b"\n"):
                     i = line.find(b" /")
-                    if i > 0:
+                    if i > 0 and line[i + 1:i + 6] == b"/SYSV":  # a SysV segment, named by its key
+                        line = line[:i + 1] + sysv_name(self.k, line[i + 1:])
+                    elif i > 0:
                         line = line[:i + 1] + self._guest_path_text(line[i + 1:])
                     out.append(line)
                 return b"\n".join(out)
@@ -381,6 +383,16 @@ def guest_state(state: bytes, proc) -> bytes:
     if state != b"t":
         return state
     return b"T" if proc.group_stopped else b"R"
+
+
+def sysv_name(k, text: bytes) -> bytes:
+    """/SYSV<key> of an attached segment, with the key the guest gave it."""
+    from umlrun.syscalls.ipc import guest_key_of
+    try:
+        host_key = int(text[5:13], 16)
+    except ValueError:
+        return text
+    return b"/SYSV%08x" % (guest_key_of(k, host_key) & 0xFFFFFFFF) + text[13:]
 
 
 def guest_cmdline(data: bytes) -> bytes:

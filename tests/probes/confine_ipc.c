@@ -140,6 +140,15 @@ static int own_objects(key_t key)
            qd.msg_lrpid == getpid());
     char *p = shmat(ids[0], NULL, SHM_RDONLY);
     printf("shared memory %s\n", p == (void *)-1 ? "?" : p);
+    char want[32], line[512];
+    int named = 0;
+    FILE *maps = fopen("/proc/self/maps", "r");
+    snprintf(want, sizeof want, "/SYSV%08x", (unsigned)key);
+    while (maps && fgets(line, sizeof line, maps))
+        named |= strstr(line, want) != NULL;
+    printf("maps names the segment by its key %d\n", named);
+    if (maps)
+        fclose(maps);
     waitpid(child, &st, 0);
     ck("shmctl(IPC_RMID)", shmctl(ids[0], IPC_RMID, NULL));
     shmdt(p);

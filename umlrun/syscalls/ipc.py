@@ -219,6 +219,15 @@ def namespace(k) -> IpcNamespace:
     return k.ipc
 
 
+def guest_key_of(k, host_key: int) -> int:
+    """The guest's key for a segment's key as the host names it (/proc/PID/maps)."""
+    host_key = struct.unpack("i", struct.pack("I", host_key & 0xFFFFFFFF))[0]
+    for obj in (k.ipc.of_kind(SHM) if k.ipc is not None else ()):
+        if obj.host_key == host_key:
+            return obj.guest_key
+    return host_key
+
+
 def end(k) -> None:
     if k.ipc is not None:
         k.ipc.remove_all()
