@@ -27,9 +27,7 @@ Ids themselves are the host's (opaque numbers; no program relies on their value)
 """
 from __future__ import annotations
 
-import ctypes
 import errno
-import hashlib
 import os
 import struct
 
@@ -78,10 +76,9 @@ def host_objects(kind: str) -> dict[int, dict[str, int]]:
     return out
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 def remove_host_object(kind: str, ident: int) -> None:
+    import ctypes  # here: most jails never remove an object (ctypes costs 10 ms to import)
+    _libc = ctypes.CDLL(None, use_errno=True)
     if kind == SHM:
         _libc.shmctl(ident, IPC_RMID, None)
     elif kind == SEM:
@@ -168,6 +165,7 @@ class IpcNamespace:
                 self.record = None
 
     def host_key(self, guest_key: int) -> int:
+        import hashlib  # here: 8 ms to import, for the jails that use a key
         digest = hashlib.blake2b(struct.pack("i", guest_key), key=self.secret, digest_size=4).digest()
         key = struct.unpack("i", digest)[0]
         return key or 1  # never IPC_PRIVATE
@@ -235,6 +233,11 @@ def end(k) -> None:
 
 # ---- *get: the key made the jail's, the id recorded ----------------------------------------
 
+def _made_by_guest(k, kind: str, ident: int) -> bool:
+    cols = host_objects(kind).get(ident)
+    return cols is not None and cols["cuid"] == k.host_ids()[0]
+
+
 def _getter(kind: str):
     def sys_get(k, c: Call):
         ns = namespace(k)
@@ -245,8 +248,14 @@ def _getter(kind: str):
         cred = c.proc.cred
 
         def made(regs):
-            if not regs.rax >> 63:
-                ns.add(IpcObject(kind, regs.rax, key, host_key, (cred.euid, cred.egid)))
+            if regs.rax >> 63:
+                return
+            if key != IPC_PRIVATE and ns.get(kind, regs.rax) is None and not _made_by_guest(k, kind, regs.rax):
+                # The jail's key met an object made outside the jail (a 1 in 2**32
+                # chance): the jail has no object by that key.
+                regs.rax = -errno.ENOENT & 0xFFFFFFFFFFFFFFFF
+                return
+            ns.add(IpcObject(kind, regs.rax, key, host_key, (cred.euid, cred.egid)))
         c.proc.at_exit = made
         return None
     return sys_get
