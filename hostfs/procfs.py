@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 
 # Files copied from the host's /proc as they are (machine facts, not names).
@@ -34,13 +35,46 @@ PID_FILES = (b"cmdline", b"environ", b"stat", b"statm", b"status", b"maps", b"co
              b"sched", b"personality", b"schedstat", b"timerslack_ns", b"cgroup")
 
 
+SHM_DIR = "/dev/shm"
+PREFIX = "umlrun-proc-"
+
+
 def host_dir() -> str | None:
-    """A private directory on a tmpfs for /proc, where the listing order can be
-    chosen (see ProcFS._relist); None when there is no writable /dev/shm."""
+    """A private directory (0700, the supervisor's) on a tmpfs, to hold /proc
+    where the listing order can be chosen (see ProcFS._relist); None when there
+    is no writable /dev/shm. Named after the supervisor's pid, so a dead
+    supervisor's can be swept."""
     try:
-        return tempfile.mkdtemp(prefix="umlrun-proc-", dir="/dev/shm")
+        return tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=SHM_DIR)
     except OSError:
         return None
+
+
+def sweep() -> None:
+    """Remove the /proc directories of this user's supervisors that died."""
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(PREFIX):].split("-")[0]
+        if not name.startswith(PREFIX) or not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
+            continue
+        path = os.path.join(SHM_DIR, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if st.st_uid == os.geteuid() and stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _write(path: bytes, data: bytes) -> None:
+    """A file of the guest's /proc: the supervisor's, readable by all, written by it only
+    (the supervisor runs with umask 0 while the guest runs)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with open(fd, "wb") as f:
+        f.write(data)
 
 
 class ProcFS:
@@ -68,6 +102,8 @@ class ProcFS:
                 self._links(proc, rel[0], name)
         elif rel == (b"sys",) or rel[:1] == (b"sys",):
             self._build_sys()
+        elif rel == (b"sysvipc",):
+            self._build_sysvipc()
 
     def held_object(self, rel: tuple, name: bytes):
         return None  # every entry is a real file or link in the host directory
@@ -112,6 +148,8 @@ class ProcFS:
             self._copy(b"/proc/" + name, self._path(name))
         elif name == b"sys":
             self._build_sys()
+        elif name == b"sysvipc":
+            self._build_sysvipc()
 
     def _relist(self, caller) -> None:
         """/proc is being listed: the guest's processes, then the machine's files.
@@ -125,7 +163,7 @@ class ProcFS:
             path = self._path(entry)
             if entry.isdigit():
                 shutil.rmtree(path, ignore_errors=True)
-            elif entry != b"sys":
+            elif entry not in (b"sys", b"sysvipc"):
                 os.unlink(path)
         for vpid in sorted((procs.vpid(tgid) for tgid in procs.tgids()), reverse=True):
             self._fill_pid(vpid, listing=False)
@@ -136,6 +174,7 @@ class ProcFS:
         for f in reversed(GLOBAL_FILES):
             self._copy(b"/proc/" + f, self._path(f))
         self._build_sys()
+        self._build_sysvipc()
 
     def _fill_pid(self, vpid: int, listing: bool) -> None:
         """/proc/PID: its links always; for a listing also its files (empty, as Linux
@@ -144,12 +183,12 @@ class ProcFS:
         if proc is None:
             return
         d = self._path(b"%d" % vpid)
-        os.makedirs(d, exist_ok=True)
+        os.makedirs(d, 0o755, exist_ok=True)
         if listing and not os.path.exists(os.path.join(d, PID_FILES[0])):
             for f in PID_FILES:
-                open(os.path.join(d, f), "ab").close()
+                _write(os.path.join(d, f), b"")
             for sub in (b"fd", b"fdinfo", b"task"):
-                os.makedirs(os.path.join(d, sub), exist_ok=True)
+                os.makedirs(os.path.join(d, sub), 0o755, exist_ok=True)
         if listing:
             self._links(proc, b"%d" % vpid)
 
@@ -167,11 +206,11 @@ class ProcFS:
         pid = proc.tgid
         d = self._path(vname, sub)
         shutil.rmtree(d, ignore_errors=True)
-        os.makedirs(d)
+        os.makedirs(d, 0o755)
         if sub == b"task":
             for p in self.k.procs.by_tid.values():
                 if p.tgid == pid:
-                    os.mkdir(os.path.join(d, b"%d" % self.k.procs.vpid(p.tid)))
+                    os.mkdir(os.path.join(d, b"%d" % self.k.procs.vpid(p.tid)), 0o755)
             return
         try:
             fds = os.listdir(b"/proc/%d/%s" % (pid, sub))
@@ -238,7 +277,9 @@ class ProcFS:
                 out = []
                 for line in data.split(b"\n"):
                     i = line.find(b" /")
-                    if i > 0:
+                    if i > 0 and line[i + 1:i + 6] == b"/SYSV":  # a SysV segment, named by its key
+                        line = line[:i + 1] + sysv_name(self.k, line[i + 1:])
+                    elif i > 0:
                         line = line[:i + 1] + self._guest_path_text(line[i + 1:])
                     out.append(line)
                 return b"\n".join(out)
@@ -298,9 +339,15 @@ class ProcFS:
             self._copy(b"/proc/sys/" + f, self._path(b"sys", f))
         for name, value in ((b"kernel/hostname", self.k.hostname), (b"kernel/domainname", self.k.domainname)):
             path = self._path(b"sys", name)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(value + b"\n")
+            os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+            _write(path, value + b"\n")
+
+    def _build_sysvipc(self) -> None:
+        """The jail's own SysV IPC objects (umlrun/syscalls/ipc.py), never the host's."""
+        from umlrun.syscalls.ipc import KINDS, proc_text
+        os.makedirs(self._path(b"sysvipc"), 0o755, exist_ok=True)
+        for kind in KINDS:
+            _write(self._path(b"sysvipc", kind.encode()), proc_text(self.k, kind))
 
     # ---- host helpers ----------------------------------------------------------------
 
@@ -313,9 +360,8 @@ class ProcFS:
             return
         if edit is not None:
             data = edit(data)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        with open(dst, "wb") as f:
-            f.write(data)
+        os.makedirs(os.path.dirname(dst), 0o755, exist_ok=True)
+        _write(dst, data)
 
     @staticmethod
     def _link(path: bytes, target: bytes) -> None:
@@ -337,6 +383,16 @@ def guest_state(state: bytes, proc) -> bytes:
     if state != b"t":
         return state
     return b"T" if proc.group_stopped else b"R"
+
+
+def sysv_name(k, text: bytes) -> bytes:
+    """/SYSV<key> of an attached segment, with the key the guest gave it."""
+    from umlrun.syscalls.ipc import guest_key_of
+    try:
+        host_key = int(text[5:13], 16)
+    except ValueError:
+        return text
+    return b"/SYSV%08x" % (guest_key_of(k, host_key) & 0xFFFFFFFF) + text[13:]
 
 
 def guest_cmdline(data: bytes) -> bytes:

@@ -46,6 +46,7 @@ PURE_CALLS = frozenset("""
     sched_setaffinity sched_getaffinity sched_setattr sched_getattr process_vm_readv process_vm_writev
     connect sendto sendmsg sendmmsg execve execveat umlrun_exec_fd
     mkdir mkdirat mknod mknodat symlink symlinkat link linkat
+    shmget shmat shmctl semget semop semtimedop semctl msgget msgsnd msgrcv msgctl
 """.split())
 # Calls that leave every directory where it is: attributes, and unlinking a file.
 KEEPS_DIRS = frozenset("""

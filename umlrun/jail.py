@@ -24,9 +24,11 @@ from hostfs.ownership import StoreError
 from hostfs.pathwalk import PathWalk, WalkError
 from hostfs.procfs import ProcFS
 from hostfs.procfs import host_dir as procfs_host_dir
+from hostfs.procfs import sweep as procfs_sweep
 from umlrun import limits as jail_limits
-from umlrun.control import ControlServer
+from umlrun.control import ControlServer, run_dir
 from umlrun.limits import Limits
+from umlrun.syscalls import ipc
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty", "ptmx")
@@ -110,10 +112,12 @@ class Jail:
         mt.add(b"/run", self._dir("run", 0o755), kind="tmpfs")
         self._build_dev()
         # The guest's own /proc (guest processes only) and a minimal /sys.
+        # Written by the supervisor only, in a directory no other user can enter:
+        # the guest reaches it through the supervisor's walk.
         self.proc_dir = procfs_host_dir()
-        if self.proc_dir is not None:
-            os.chmod(self.proc_dir, 0o755)
-        self.procfs = ProcFS(self.proc_dir.encode() if self.proc_dir else self._dir("proc", 0o755), None)
+        proc = os.path.join(self.proc_dir or self.runtime, "proc")
+        os.mkdir(proc, 0o755)
+        self.procfs = ProcFS(proc.encode(), None)
         mt.add(b"/proc", self.procfs.dir, readonly=True, kind="proc", fs=self.procfs)
         mt.add(b"/sys", self._build_sys(), readonly=True, kind="sysfs")
         for b in cfg.binds:
@@ -257,6 +261,7 @@ class Jail:
         jail_limits.apply(k.table, cfg.limits)
         self.procfs.k, k.procfs, k.devpts = k, self.procfs, self.devpts
         k.placeholder_dir = self._dir("placeholders", 0o755).decode()
+        sweep_leftovers()
         if cfg.setup is not None:
             cfg.setup(k)
         env = self.environment()
@@ -285,6 +290,7 @@ class Jail:
         finally:
             watchdog.stop()
             control.close()
+            ipc.end(k)
             self.mounts.save_stores()
             if tty is not None:
                 try:
@@ -311,6 +317,16 @@ class Jail:
         shutil.rmtree(self.runtime, ignore_errors=True)
         if self.proc_dir:
             shutil.rmtree(self.proc_dir, ignore_errors=True)
+
+
+def sweep_leftovers() -> None:
+    """What jails of this user left behind when their supervisor was killed:
+    SysV IPC objects, /proc directories."""
+    try:
+        ipc.sweep(run_dir())
+    except OSError:
+        pass
+    procfs_sweep()
 
 
 def _killpg(pgid: int, sig: int) -> None:

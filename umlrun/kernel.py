@@ -137,6 +137,7 @@ class Kernel:
         self.fast: FastPath | None = None       # answers in the C loop (umlrun/fastpath.py)
         self.procfs = None                      # the guest's /proc (hostfs.procfs.ProcFS)
         self.devpts = None                      # the guest's /dev/pts (hostfs.devpts.DevPts)
+        self.ipc = None                         # the jail's SysV IPC objects (umlrun/syscalls/ipc.py)
         # Host ids that mean "the guest" on files: shown as the guest's root.
         self.own_uids = {os.geteuid()} | ({guest_host_uid} if guest_host_uid is not None else set())
         self.own_gids = {os.getegid()} | ({guest_host_gid} if guest_host_gid is not None else set())

@@ -11,15 +11,15 @@ import errno
 
 NATIVE_CALLS = """
 read write close poll lseek mmap mprotect munmap brk rt_sigaction rt_sigprocmask rt_sigreturn ioctl
-pread64 pwrite64 readv writev pipe select sched_yield mremap msync mincore madvise shmget shmat
-shmctl dup dup2 pause nanosleep getitimer alarm setitimer sendfile socket accept recvfrom recvmsg
+pread64 pwrite64 readv writev pipe select sched_yield mremap msync mincore madvise
+dup dup2 pause nanosleep getitimer alarm setitimer sendfile socket accept recvfrom recvmsg
 shutdown listen getsockname getpeername socketpair setsockopt getsockopt clone fork vfork exit
-semget semop semctl shmdt msgget msgsnd msgrcv msgctl fcntl flock fsync fdatasync ftruncate getdents
+shmdt fcntl flock fsync fdatasync ftruncate getdents
 umask gettimeofday getrlimit getrusage sysinfo times rt_sigpending rt_sigtimedwait rt_sigsuspend
 sigaltstack personality fstatfs mlock munlock mlockall munlockall prctl arch_prctl setrlimit sync
 readahead fgetxattr flistxattr time futex set_thread_area io_setup io_destroy io_getevents io_submit
 io_cancel get_thread_area epoll_create remap_file_pages getdents64 sched_get_priority_max
-sched_get_priority_min restart_syscall semtimedop fadvise64 timer_create timer_settime timer_gettime
+sched_get_priority_min restart_syscall fadvise64 timer_create timer_settime timer_gettime
 timer_getoverrun timer_delete clock_gettime clock_getres clock_nanosleep exit_group epoll_wait
 epoll_ctl mbind set_mempolicy get_mempolicy mq_timedsend mq_timedreceive mq_notify mq_getsetattr
 inotify_init inotify_rm_watch pselect6 ppoll set_robust_list splice tee sync_file_range vmsplice

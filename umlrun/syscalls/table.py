@@ -171,6 +171,7 @@ def build_table() -> SyscallTable:
         exec,
         files,
         identity,
+        ipc,
         namespace,
         pids,
         policy,
@@ -181,6 +182,6 @@ def build_table() -> SyscallTable:
     )
     table = SyscallTable()
     policy.register(table)
-    for family in (files, statcalls, namespace, attrs, exec, identity, pids, signals, system, sockets):
+    for family in (files, statcalls, namespace, attrs, exec, identity, pids, signals, system, sockets, ipc):
         family.register(table)
     return table
