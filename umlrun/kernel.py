@@ -35,7 +35,7 @@ from sysemu.platform import (
     Platform,
 )
 from umlrun.fastpath import FastPath
-from umlrun.process import Cred, Process, ProcessTable
+from umlrun.process import CLONE_FS, CLONE_THREAD, Cred, Process, ProcessTable
 from umlrun.syscalls.table import EMULATED, build_table
 
 CONTINUE = object()  # handler result: let the kernel run the call as made
@@ -67,7 +67,7 @@ DEBUG = os.environ.get("UMLRUN_DEBUG")  # print host errors met inside handlers
 _ERESTARTSYS, _ERESTARTNOINTR = 2**64 - 512, 2**64 - 513  # kernel-internal, as seen in rax
 _GROUP_STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 _SI_USER, _SI_QUEUE, _SI_MESGQ, _SI_TKILL = 0, -1, -3, -6  # si_code values
-NR_CLONE, NR_CLONE3 = 56, 435
+NR_CLONE = 56
 CLONE_PARENT_SETTID, CLONE_CHILD_SETTID = 0x00100000, 0x01000000
 ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 MAX_SENDERS = 1024  # signals sent on a guest's behalf, not delivered yet
@@ -83,6 +83,41 @@ def catches(tgid: int, sig: int) -> bool:
     except OSError:
         pass
     return False
+
+
+def task_ids(tid: int) -> tuple[int, int]:
+    """(Tgid, PPid) of a host task, from its status (0, 0: gone)."""
+    tgid = ppid = 0
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    tgid = int(line.split()[1])
+                elif line.startswith(b"PPid:"):
+                    ppid = int(line.split()[1])
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    return tgid, ppid
+
+
+def thread_flags(child_tid: int) -> int:
+    """The clone flags that matter to the process table, when the parent's
+    registers are gone: a thread (as pthread_create makes one) or a process."""
+    tgid, _ = task_ids(child_tid)
+    return CLONE_THREAD | CLONE_FS if tgid and tgid != child_tid else 0
+
+
+def own_children() -> list[int]:
+    """The supervisor's live child processes (all its threads' children)."""
+    found = []
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children", "rb") as f:
+                found += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return found
 
 
 def _restoring(args: tuple, then):
@@ -148,6 +183,8 @@ class Kernel:
         self.senders: dict[tuple[int, int], tuple[int, int]] = {}  # (host task, sig) -> (guest pid, uid)
         self.placeholder_dir: str | None = None  # for files standing in for unhandable objects
         self._placeholders = 0
+        self._reported: set = set()              # internal errors already reported
+        self.lost_forks: list[int] = []          # tgids whose fork event was lost (the parent died in it)
 
     def placeholder(self, guest: tuple) -> int:
         """An empty host file, opened, that stands for the guest object `guest` (which
@@ -182,21 +219,38 @@ class Kernel:
             ev = wait()
             if ev is None:
                 break
+            # Nothing a guest does may end this loop: a handler's bug costs that
+            # one call an errno, a stop that cannot be handled its task.
             if ev[0] == NOTIFY:
-                on_notify(ev[1])
+                try:
+                    on_notify(ev[1])
+                except Exception:
+                    self.report_bug(f"syscall {ev[1].nr}")
+                    self.platform.respond(ev[1].id, -errno.EIO)  # (ENOENT if it was answered)
             else:
-                on_wait(*ev[1])
+                try:
+                    on_wait(*ev[1])
+                except Exception as e:
+                    pid = ev[1][0]
+                    if not isinstance(e, GUEST_ERRORS):  # else: the task or its memory went away meanwhile
+                        self.report_bug(f"a ptrace stop of task {pid}", "that task was killed")
+                    self.kill_task(pid)
         self.shutdown()
         return self.exit_status if self.exit_status is not None else 1
 
     def shutdown(self) -> None:
-        """pid 1 is gone: every other guest process goes with it, and is reaped."""
+        """pid 1 is gone: every other guest process goes with it, and is reaped.
+
+        Every guest task is traced, so all are in the table; but a process the
+        table lacks (a bug, or a guest that found a way out of tracing) would
+        keep the wait below blocked forever. Every guest descends from pid 1,
+        and what outlives its parents comes to the supervisor (a subreaper): so
+        before each wait, every child of the supervisor is killed too."""
         for tid in list(self.procs.by_tid):
-            try:
-                os.kill(tid, signal.SIGKILL)
-            except OSError:
-                pass
+            self.kill_task(tid)
         while True:
+            for pid in own_children():
+                self.kill_task(pid)
             try:
                 pid, status = os.waitpid(-1, WALL)
             except ChildProcessError:
@@ -211,9 +265,31 @@ class Kernel:
 
     # ---- seccomp notifications ---------------------------------------------------------
 
+    def kill_task(self, tid: int) -> None:
+        if tid > 0:  # (0 or -1 would name a process group or every process)
+            try:
+                os.kill(tid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def refuse_unknown(self, n) -> None:
+        """A call from a task the guest kernel does not know. Every guest task is
+        traced and known before it runs (its parent's fork event comes first), so
+        this is a task that escaped tracing: it is never answered as a guest, it
+        is killed (after checking that the notification, so the task, is still
+        the one that made it)."""
+        if self.platform.notif_alive(n.id):
+            self.kill_task(n.pid)
+        self.platform.respond(n.id, -errno.EPERM)
+        self.report_bug(f"syscall {n.nr} from task {n.pid}, unknown to the supervisor", "that task was killed",
+                        trace=False)
+
     def on_notify(self, n) -> None:
         entry = self.table.by_nr.get(n.nr)
-        proc = self.procs.get(n.pid) or self.procs.placeholder(n.pid)
+        proc = self.procs.get(n.pid)
+        if proc is None or not proc.known:
+            self.refuse_unknown(n)
+            return
         call = Call(self, proc, n.pid, n.nr, tuple(n.args), notif_id=n.id)
         if self.trace is not None:
             self.trace(proc, n.nr, call.args)
@@ -257,9 +333,16 @@ class Kernel:
         self.fast.forget(tid)
         return self.procs.remove(tid)
 
-    def report_bug(self, what: str, outcome: str = "the guest got EIO") -> None:
-        sys.stderr.write(f"umlrun: internal error while emulating {what} ({outcome}):\n")
-        traceback.print_exc(file=sys.stderr)
+    def report_bug(self, what: str, outcome: str = "the guest got EIO", trace: bool = True) -> None:
+        """One line (and the traceback) the first time a kind of failure happens;
+        a guest that repeats it does not flood the user's terminal."""
+        key = (what.split(" from ")[0] if not trace else what, outcome)
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        sys.stderr.write(f"umlrun: internal error while emulating {what} ({outcome})" + (":\n" if trace else "\n"))
+        if trace:
+            traceback.print_exc(file=sys.stderr)
 
     # ---- ptrace stops -----------------------------------------------------------------
 
@@ -376,6 +459,8 @@ class Kernel:
     def on_event_stop(self, pid: int, proc: Process | None, sig: int) -> None:
         if proc is None:  # a new child, before its parent's fork event: hold it
             self.procs.placeholder(pid).pending_stop = True
+            if self.lost_forks:
+                self.sweep_lost_forks()
         elif not proc.known:
             proc.pending_stop = True
         elif not proc.started:
@@ -393,15 +478,28 @@ class Kernel:
         (rewritten at its exit stop) and the SETTID words hold."""
         platform = self.platform
         child_tid = platform.eventmsg(pid)
+        if child_tid <= 0:  # the parent was killed in this stop (another thread's exit_group)
+            if proc is not None:
+                self.lost_forks.append(proc.tgid)
+                self.sweep_lost_forks()
+            return
         if proc is not None:
             proc.fork_pending = False
             flags = parent_word = child_word = 0
-            regs = platform.getregs(pid)
-            if regs.orig_rax == NR_CLONE3:  # struct clone_args: flags, pidfd, child_tid, parent_tid
-                flags, _, child_word, parent_word = struct.unpack("4Q", platform.read(pid, regs.rdi, 32))
-            elif regs.orig_rax == NR_CLONE:
+            untraced = proc.extra.pop("clone_rdi", None)  # umlrun/syscalls/tasks.py
+            try:
+                regs = platform.getregs(pid)
+            except GuestFault:  # killed since: whether the child is a thread, the host knows
+                regs = None
+                flags = thread_flags(child_tid)
+            # (clone3 is refused: the flags never need reading from guest memory.)
+            if regs is not None and regs.orig_rax == NR_CLONE:
                 flags, parent_word, child_word = regs.rdi, regs.rdx, regs.r10
             child = self.procs.fork(proc, child_tid, flags)
+            if untraced is not None:
+                child.extra["restore_rdi"] = untraced
+            if "dumpable" in proc.extra:
+                child.extra["dumpable"] = proc.extra["dumpable"]
             vpid = self.procs.vpid(child_tid)
             try:  # the parent's own mask: it may have forked while held on one CPU (sysemu.c hold_here)
                 os.sched_setaffinity(child_tid, os.sched_getaffinity(pid))
@@ -412,18 +510,46 @@ class Kernel:
             if flags & CLONE_CHILD_SETTID:   # the kernel writes it as the child first runs
                 child.settid = child_word
 
-            def result(regs, host=child_tid, vpid=vpid):
+            def result(regs, host=child_tid, vpid=vpid, then=proc.at_exit):
                 if regs.rax == host:
                     regs.rax = vpid
+                if then is not None:  # the registers a handler rewrote (CLONE_UNTRACED)
+                    then(regs)
             proc.at_exit = result
             if child.pending_stop:
                 child.pending_stop = False
                 self.start_task(child_tid, child)
         self.resume(pid, proc)
 
+    def sweep_lost_forks(self) -> None:
+        """A fork event lost with its parent leaves a child held at its first stop
+        that no event will claim. It is killed (its creator's credentials are
+        gone with it): a placeholder process whose parent is a lost fork's
+        process, or, once reparented, the reaper. Threads of a dead group die
+        with it and need nothing."""
+        init = self.procs.init.tgid if self.procs.init is not None else 0
+        for p in [p for p in self.procs.by_tid.values() if not p.known and p.pending_stop]:
+            tgid, ppid = task_ids(p.tid)
+            if tgid != p.tid:
+                continue
+            for i, lost in enumerate(self.lost_forks):
+                if ppid in (lost, init, self.me):
+                    del self.lost_forks[i]
+                    self.kill_task(p.tid)
+                    break
+            if not self.lost_forks:
+                return
+
     def start_task(self, tid: int, proc: Process) -> None:
         """A new task's first stop, its parent's fork event seen: let it run."""
         proc.started = True
+        if "restore_rdi" in proc.extra:  # the guest's own clone flags (CLONE_UNTRACED cleared for the call)
+            try:
+                regs = self.platform.getregs(tid)
+                regs.rdi = proc.extra.pop("restore_rdi")
+                self.platform.setregs(tid, regs)
+            except GuestFault:
+                pass
         if proc.settid:
             self.write_pid(tid, proc.settid, self.procs.vpid(tid))
             proc.settid = 0
@@ -436,7 +562,7 @@ class Kernel:
             pass  # Linux ignores a bad SETTID pointer too
 
     def on_exec(self, pid: int, proc: Process | None) -> None:
-        former = self.platform.eventmsg(pid)
+        former = self.platform.eventmsg(pid) or pid
         if former != pid:  # a non-leader thread exec'd and took over the leader's pid
             old = self.forget(former)
             if old is not None and proc is not None:
@@ -444,6 +570,7 @@ class Kernel:
         self.fast.forget(pid)
         if proc is not None:
             proc.exec_pending = proc.at_exit = None
+            proc.extra.pop("dumpable", None)  # a new image is dumpable again (umlrun/syscalls/tasks.py)
             proc.extra["exe"] = proc.extra.pop("next_exe", None)
             proc.extra["comm"] = proc.extra.pop("next_comm", None)
         self.resume(pid, proc)
@@ -456,14 +583,19 @@ class Kernel:
             return
         nr = regs.orig_rax
         entry = self.table.by_nr.get(nr)
-        if proc is None or entry is None or entry.handler is None or entry.disposition == EMULATED:
+        if proc is None or not proc.known:  # a call from a task the guest kernel does not know
+            self.kill_task(pid)
+            return
+        # An emulated call stops here only for its int rules (CLONE_UNTRACED under --max-pids).
+        handler = None if entry is None else entry.traced if entry.disposition == EMULATED else entry.handler
+        if handler is None:
             self.resume(pid, proc)  # a stop asked for by a filter of the guest's own
             return
         call = Call(self, proc, pid, nr, (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9), regs)
         if self.trace is not None and not self.trap_all:
             self.trace(proc, nr, call.args)
         try:
-            result = entry.handler(self, call)
+            result = handler(self, call)
         except GUEST_ERRORS as e:
             result = -e.errno
         except OSError as e:
@@ -494,7 +626,10 @@ class Kernel:
             return
         if proc.at_exit is not None and (not proc.reexec or proc.extra.get("reexec_stage") == 1):
             fix, proc.at_exit = proc.at_exit, None
-            regs = self.platform.getregs(pid)
+            try:
+                regs = self.platform.getregs(pid)
+            except GuestFault:
+                return  # killed meanwhile
             try:
                 fix(regs)
             except GUEST_ERRORS:
@@ -514,7 +649,10 @@ class Kernel:
                 proc.extra["reexec_stage"] = 0
             self.resume(pid, proc)
             return
-        regs = self.platform.getregs(pid)
+        try:
+            regs = self.platform.getregs(pid)
+        except GuestFault:
+            return  # killed meanwhile
         if self.trace is not None:
             self.trace(proc, regs.orig_rax, (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9))
         regs.rip -= 2           # back onto the 2-byte syscall instruction

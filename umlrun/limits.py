@@ -2,11 +2,12 @@
 
 Without root there is no cgroup to put the jail in, so the guest kernel keeps
 the limits itself:
-  - max-pids: fork, vfork, clone and clone3 trap (only when the limit is set)
+  - max-pids: fork, vfork and clone trap (only when the limit is set)
     and fail with EAGAIN once the jail holds that many tasks (threads count,
     as in the pids cgroup). A fork already let through but whose child the
     supervisor has not seen yet counts too, so concurrent forks cannot
-    overshoot.
+    overshoot. clone3 is refused in every jail (umlrun/syscalls/tasks.py), and
+    a clone with CLONE_UNTRACED, which stops in the tracer, is counted there.
   - timeout, memory, cpu-seconds: a watchdog thread samples the jail every
     WATCH_PERIOD seconds (resident memory of every guest process; CPU time of
     the live ones plus what their reaped children used) and kills the whole
@@ -56,8 +57,14 @@ def apply(table, limits: Limits) -> None:
         c.proc.fork_pending = True   # cleared by the fork event
         return CONTINUE
 
-    for name in ("fork", "vfork", "clone", "clone3"):
+    for name in ("fork", "vfork", "clone"):
         table.emulate(name, check_fork, note="counted against --max-pids")
+    untraced = table["clone"].traced  # CLONE_UNTRACED's ptrace stop (umlrun/syscalls/tasks.py)
+    if untraced is not None:
+        def check_untraced(k, c: Call):
+            check_fork(k, c)
+            return untraced(k, c)
+        table["clone"].traced = check_untraced
 
 
 class Watchdog:
