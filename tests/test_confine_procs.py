@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 
@@ -148,3 +149,56 @@ def test_bad_and_racing_memory_at_ptrace_stops(busybox_root, probe_dir, mode):
     r = probe(busybox_root, probe_dir, "badmem", mode=mode)
     assert lines(r) == want
     supervisor_alive(r)
+
+
+# A jail whose kernel is changed by a hook before the guest starts (JailConfig.setup):
+# faults injected into the supervisor itself, which a guest cannot cause any more.
+HOOKED = """
+import sys
+from umlrun.jail import JailConfig, run_jail
+def setup(k):
+{hook}
+sys.exit(run_jail(JailConfig(argv=sys.argv[2:], rootfs=sys.argv[1], setup=setup)))
+"""
+
+
+def hooked(root, hook: str, script: str):
+    return subprocess.run([sys.executable, "-c", HOOKED.format(hook=textwrap.indent(hook, "    ")), str(root),
+                           "sh", "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+def test_a_task_the_supervisor_does_not_know_is_killed(busybox_root):
+    """Its calls are never answered as a guest's (root, outside any chroot)."""
+    hook = ("on_notify = k.on_notify\n"
+            "def escaped(n):\n"
+            "    p = k.procs.get(n.pid)\n"
+            "    if p is not None and p is not k.procs.init:\n"
+            "        p.known = False  # as if it had escaped tracing\n"
+            "    on_notify(n)\n"
+            "k.on_notify = escaped\n")
+    r = hooked(busybox_root, hook, "sh -c 'id -u; echo unreachable'; echo status $?")
+    assert r.returncode == 0 and r.stdout == "status 137\n", r.stderr
+    assert r.stderr.count("unknown to the supervisor") == 1 and "Traceback" not in r.stderr
+
+
+def test_a_handler_bug_costs_that_call_eio(busybox_root):
+    hook = "for name in ('mkdir', 'mkdirat'):\n    k.table[name].handler = lambda k, c: 1 // 0\n"
+    r = hooked(busybox_root, hook, "mkdir /tmp/a; mkdir /tmp/b 2>&1; echo status $?; ls /tmp")
+    assert r.returncode == 0 and r.stdout.splitlines() == [
+        "mkdir: can't create directory '/tmp/b': Input/output error", "status 1"], r.stderr
+    assert r.stderr.count("umlrun: internal error while emulating mkdir") == 1, r.stderr
+    assert r.stderr.count("Traceback") == 1  # reported once
+
+
+def test_a_stop_handler_bug_costs_that_task(busybox_root):
+    """The task whose stop could not be handled is killed; the jail goes on and ends."""
+    hook = ("on_fork = k.on_fork\n"
+            "def broken(pid, proc, event):\n"
+            "    if proc is not None and proc is not k.procs.init:\n"
+            "        raise RuntimeError('injected')\n"
+            "    on_fork(pid, proc, event)\n"
+            "k.on_fork = broken\n")
+    r = hooked(busybox_root, hook, "sh -c 'sleep 5 & wait'; echo status $?")
+    assert r.returncode == 0 and r.stdout == "status 137\n", r.stderr
+    assert r.stderr.count("internal error while emulating a ptrace stop of task") == 1, r.stderr
+    assert "(that task was killed)" in r.stderr

@@ -621,8 +621,8 @@ class Kernel:
         PTRACE_SYSCALL so that it takes the same path as in the fast mode (seccomp
         decides: native, user-notify or RET_TRACE); back at its exit the guest
         returns to SYSEMU."""
-        if proc is None:
-            self.resume(pid, proc)
+        if proc is None or not proc.known:  # a task the guest kernel does not know
+            self.kill_task(pid)
             return
         if proc.at_exit is not None and (not proc.reexec or proc.extra.get("reexec_stage") == 1):
             fix, proc.at_exit = proc.at_exit, None
@@ -682,8 +682,19 @@ class Kernel:
             if r < 0:
                 platform.respond(nid, r)
 
-        threading.Thread(target=work, daemon=True).start()
+        threading.Thread(target=self.guarded(work, nid, "a blocking open"), daemon=True).start()
         return DEFERRED
+
+    def guarded(self, work, notif_id: int, what: str):
+        """A worker thread's body that answers notif_id: a bug in it is reported
+        and the call gets EIO (it would otherwise wait forever)."""
+        def run():
+            try:
+                work()
+            except Exception:
+                self.report_bug(what)
+                self.platform.respond(notif_id, -errno.EIO)
+        return run
 
     def guest_fd(self, call: Call, fd: int) -> int:
         """A supervisor copy of the guest's descriptor fd (caller closes it)."""

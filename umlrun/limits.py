@@ -87,16 +87,24 @@ class Watchdog:
     def _run(self) -> None:
         lim = self.limits
         while not self._stop.wait(WATCH_PERIOD):
-            if lim.timeout is not None and time.monotonic() - self._start > lim.timeout:
-                self.exit_code = EXIT_TIMEOUT
-                self._kill(f"ran past --timeout {lim.timeout:g} s")
-            elif lim.memory is not None and (used := self.memory()) > lim.memory:
-                self._kill(f"used {used} bytes of memory, over --memory {lim.memory}")
-            elif lim.cpu_seconds is not None and (cpu := self.cpu_seconds()) > lim.cpu_seconds:
-                self._kill(f"used {cpu:.1f} s of CPU, over --cpu-seconds {lim.cpu_seconds:g}")
-            else:
-                continue
-            return
+            try:
+                if self._check(lim):
+                    return
+            except Exception:  # a limit left unwatched would be worse than one bad sample
+                self.k.report_bug("the limits' watchdog", "sampling goes on")
+
+    def _check(self, lim: Limits) -> bool:
+        """Kill the jail if it is over a limit (True then)."""
+        if lim.timeout is not None and time.monotonic() - self._start > lim.timeout:
+            self.exit_code = EXIT_TIMEOUT
+            self._kill(f"ran past --timeout {lim.timeout:g} s")
+        elif lim.memory is not None and (used := self.memory()) > lim.memory:
+            self._kill(f"used {used} bytes of memory, over --memory {lim.memory}")
+        elif lim.cpu_seconds is not None and (cpu := self.cpu_seconds()) > lim.cpu_seconds:
+            self._kill(f"used {cpu:.1f} s of CPU, over --cpu-seconds {lim.cpu_seconds:g}")
+        else:
+            return False
+        return True
 
     def _kill(self, why: str) -> None:
         self.exceeded = why
