@@ -14,6 +14,7 @@ import signal
 import struct
 import sys
 import threading
+import time
 import traceback
 
 from hostfs.mount import MountTable
@@ -35,7 +36,8 @@ from sysemu.platform import (
     Platform,
 )
 from umlrun.fastpath import FastPath
-from umlrun.process import CLONE_FS, CLONE_THREAD, Cred, Process, ProcessTable
+from umlrun.process import Cred, Process, ProcessTable
+from umlrun.supervision import own_children, refuse_unknown, sweep_lost_forks, thread_flags
 from umlrun.syscalls.table import EMULATED, build_table
 
 CONTINUE = object()  # handler result: let the kernel run the call as made
@@ -83,41 +85,6 @@ def catches(tgid: int, sig: int) -> bool:
     except OSError:
         pass
     return False
-
-
-def task_ids(tid: int) -> tuple[int, int]:
-    """(Tgid, PPid) of a host task, from its status (0, 0: gone)."""
-    tgid = ppid = 0
-    try:
-        with open(f"/proc/{tid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Tgid:"):
-                    tgid = int(line.split()[1])
-                elif line.startswith(b"PPid:"):
-                    ppid = int(line.split()[1])
-                    break
-    except (OSError, ValueError, IndexError):
-        pass
-    return tgid, ppid
-
-
-def thread_flags(child_tid: int) -> int:
-    """The clone flags that matter to the process table, when the parent's
-    registers are gone: a thread (as pthread_create makes one) or a process."""
-    tgid, _ = task_ids(child_tid)
-    return CLONE_THREAD | CLONE_FS if tgid and tgid != child_tid else 0
-
-
-def own_children() -> list[int]:
-    """The supervisor's live child processes (all its threads' children)."""
-    found = []
-    try:
-        for task in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{task}/children", "rb") as f:
-                found += [int(x) for x in f.read().split()]
-    except OSError:
-        pass
-    return found
 
 
 def _restoring(args: tuple, then):
@@ -184,7 +151,7 @@ class Kernel:
         self.placeholder_dir: str | None = None  # for files standing in for unhandable objects
         self._placeholders = 0
         self._reported: set = set()              # internal errors already reported
-        self.lost_forks: list[int] = []          # tgids whose fork event was lost (the parent died in it)
+        self.lost_forks: list = []               # (tgid, when): a fork event lost (the parent died in it)
 
     def placeholder(self, guest: tuple) -> int:
         """An empty host file, opened, that stands for the guest object `guest` (which
@@ -272,23 +239,11 @@ class Kernel:
             except OSError:
                 pass
 
-    def refuse_unknown(self, n) -> None:
-        """A call from a task the guest kernel does not know. Every guest task is
-        traced and known before it runs (its parent's fork event comes first), so
-        this is a task that escaped tracing: it is never answered as a guest, it
-        is killed (after checking that the notification, so the task, is still
-        the one that made it)."""
-        if self.platform.notif_alive(n.id):
-            self.kill_task(n.pid)
-        self.platform.respond(n.id, -errno.EPERM)
-        self.report_bug(f"syscall {n.nr} from task {n.pid}, unknown to the supervisor", "that task was killed",
-                        trace=False)
-
     def on_notify(self, n) -> None:
         entry = self.table.by_nr.get(n.nr)
         proc = self.procs.get(n.pid)
         if proc is None or not proc.known:
-            self.refuse_unknown(n)
+            refuse_unknown(self, n)
             return
         call = Call(self, proc, n.pid, n.nr, tuple(n.args), notif_id=n.id)
         if self.trace is not None:
@@ -336,10 +291,9 @@ class Kernel:
     def report_bug(self, what: str, outcome: str = "the guest got EIO", trace: bool = True) -> None:
         """One line (and the traceback) the first time a kind of failure happens;
         a guest that repeats it does not flood the user's terminal."""
-        key = (what.split(" from ")[0] if not trace else what, outcome)
-        if key in self._reported:
+        if what in self._reported:
             return
-        self._reported.add(key)
+        self._reported.add(what)
         sys.stderr.write(f"umlrun: internal error while emulating {what} ({outcome})" + (":\n" if trace else "\n"))
         if trace:
             traceback.print_exc(file=sys.stderr)
@@ -355,6 +309,8 @@ class Kernel:
         self.platform.resume(pid, sig, self.resume_request(proc))
 
     def on_wait(self, pid: int, status: int) -> None:
+        if self.lost_forks:
+            sweep_lost_forks(self)
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             self.forget(pid)
             if self.procs.init is not None and pid == self.procs.init.tid:
@@ -459,8 +415,6 @@ class Kernel:
     def on_event_stop(self, pid: int, proc: Process | None, sig: int) -> None:
         if proc is None:  # a new child, before its parent's fork event: hold it
             self.procs.placeholder(pid).pending_stop = True
-            if self.lost_forks:
-                self.sweep_lost_forks()
         elif not proc.known:
             proc.pending_stop = True
         elif not proc.started:
@@ -480,8 +434,8 @@ class Kernel:
         child_tid = platform.eventmsg(pid)
         if child_tid <= 0:  # the parent was killed in this stop (another thread's exit_group)
             if proc is not None:
-                self.lost_forks.append(proc.tgid)
-                self.sweep_lost_forks()
+                self.lost_forks.append((proc.tgid, time.monotonic()))
+                sweep_lost_forks(self)
             return
         if proc is not None:
             proc.fork_pending = False
@@ -520,25 +474,6 @@ class Kernel:
                 child.pending_stop = False
                 self.start_task(child_tid, child)
         self.resume(pid, proc)
-
-    def sweep_lost_forks(self) -> None:
-        """A fork event lost with its parent leaves a child held at its first stop
-        that no event will claim. It is killed (its creator's credentials are
-        gone with it): a placeholder process whose parent is a lost fork's
-        process, or, once reparented, the reaper. Threads of a dead group die
-        with it and need nothing."""
-        init = self.procs.init.tgid if self.procs.init is not None else 0
-        for p in [p for p in self.procs.by_tid.values() if not p.known and p.pending_stop]:
-            tgid, ppid = task_ids(p.tid)
-            if tgid != p.tid:
-                continue
-            for i, lost in enumerate(self.lost_forks):
-                if ppid in (lost, init, self.me):
-                    del self.lost_forks[i]
-                    self.kill_task(p.tid)
-                    break
-            if not self.lost_forks:
-                return
 
     def start_task(self, tid: int, proc: Process) -> None:
         """A new task's first stop, its parent's fork event seen: let it run."""
