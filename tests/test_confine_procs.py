@@ -140,6 +140,17 @@ def test_not_dumpable_then_threads(busybox_root, probe_dir):
     supervisor_alive(r)
 
 
+def test_dumpable_across_set_id_calls(busybox_root, probe_dir):
+    """A change of effective ids sets the flag to fs.suid_dumpable, as Linux's commit_creds."""
+    with open("/proc/sys/fs/suid_dumpable") as f:
+        reset = int(f.read())
+    want = ["setgid 1000 ok", f"after setgid get dumpable {reset}", "set dumpable 1 ok", "setuid 0 (no change) ok",
+            "after setuid 0 get dumpable 1", "setuid 1000 ok", f"after setuid 1000 get dumpable {reset}", "done"]
+    if os.geteuid() == 0:  # (without root, a user namespace maps no uid 1000)
+        assert lines(native(probe_dir, "confine_procs", "setid", prefix=NEW_PID_NS)) == want
+    assert lines(probe(busybox_root, probe_dir, "setid")) == want
+
+
 @pytest.mark.parametrize("mode", ["fast", "trace-all"])
 def test_bad_and_racing_memory_at_ptrace_stops(busybox_root, probe_dir, mode):
     """execve, wait4, SO_PEERCRED, F_*OWN_EX, a pid's CPU clock, set_tid_address,

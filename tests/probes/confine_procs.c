@@ -12,6 +12,7 @@
  * exitrace N   N times: threads fork in a loop while the main thread calls
  *              exit_group.
  * dumpable     PR_SET_DUMPABLE 0 then threads, forks and emulated calls.
+ * setid        the dumpable flag across set*id calls.
  * badmem       ptrace-handled calls given unmapped memory, and a thread that
  *              maps and unmaps the page the calls point into.
  * Prints "done" last when it ran to its end.
@@ -209,6 +210,19 @@ static int dumpable(void)
     return 0;
 }
 
+/* Linux sets the dumpable flag to fs.suid_dumpable when effective ids change. */
+static int setid(void)
+{
+    ck("setgid 1000", setgid(1000));
+    printf("after setgid get dumpable %d\n", prctl(PR_GET_DUMPABLE, 0, 0, 0, 0));
+    ck("set dumpable 1", prctl(PR_SET_DUMPABLE, 1, 0, 0, 0));
+    ck("setuid 0 (no change)", setuid(0));
+    printf("after setuid 0 get dumpable %d\n", prctl(PR_GET_DUMPABLE, 0, 0, 0, 0));
+    ck("setuid 1000", setuid(1000));
+    printf("after setuid 1000 get dumpable %d\n", prctl(PR_GET_DUMPABLE, 0, 0, 0, 0));
+    return 0;
+}
+
 static volatile char *flip_page;
 static volatile int flipping = 1;
 
@@ -289,7 +303,9 @@ int main(int argc, char **argv)
     else if (!strcmp(what, "dumpable-exec")) {
         printf("after exec get dumpable %d\n", prctl(PR_GET_DUMPABLE, 0, 0, 0, 0));
         return 5;
-    } else if (!strcmp(what, "badmem"))
+    } else if (!strcmp(what, "setid"))
+        r = setid();
+    else if (!strcmp(what, "badmem"))
         r = badmem();
     if (r == 0)
         printf("done\n");

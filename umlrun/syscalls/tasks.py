@@ -14,8 +14,13 @@ process the guest kernel does not know.
   - prctl(PR_SET_DUMPABLE, 0) would make the host task non-dumpable, and an
     unprivileged supervisor could then no longer read its memory or its
     /proc/PID. The guest kernel keeps the flag per process (Linux keeps it per
-    mm: threads share it, a child inherits it, exec sets it again) and answers
-    PR_GET_DUMPABLE from it; the host task stays dumpable.
+    mm: threads share it, a child inherits it, exec sets it again, a change
+    of the effective or filesystem ids sets it to fs.suid_dumpable) and
+    answers PR_GET_DUMPABLE from it; the host task stays dumpable. (The host
+    task's own credentials never change: set*id is the guest kernel's,
+    umlrun/syscalls/identity.py. An exec the host would make non-dumpable, of a
+    file its host user cannot read, is one the supervisor cannot open either
+    when it is not root: EACCES; when it is root it can read the task anyway.)
 """
 from __future__ import annotations
 
@@ -39,15 +44,40 @@ def sys_clone_untraced(k, c: Call):
     return None
 
 
+def set_dumpable(k, proc, value: int) -> None:
+    for p in k.procs.by_tid.values():
+        if p.tgid == proc.tgid:
+            p.extra["dumpable"] = value
+
+
 def sys_prctl_dumpable(k, c: Call):
     if c.args[0] & 0xFFFFFFFF == PR_GET_DUMPABLE:
         return c.proc.extra.get("dumpable", 1)
     if c.args[1] not in (0, 1):  # SUID_DUMP_DISABLE, SUID_DUMP_USER: all a process may set
         raise SysError(errno.EINVAL)
-    for p in k.procs.by_tid.values():
-        if p.tgid == c.proc.tgid:
-            p.extra["dumpable"] = c.args[1]
+    set_dumpable(k, c.proc, c.args[1])
     return 0
+
+
+def suid_dumpable() -> int:
+    try:
+        with open("/proc/sys/fs/suid_dumpable", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+def _resets_dumpable(handler):
+    """A set*id handler that, as Linux's commit_creds, sets the dumpable flag to
+    fs.suid_dumpable when the effective or filesystem ids change."""
+    def changing_ids(k, c: Call):
+        cred = c.proc.cred
+        before = (cred.euid, cred.egid, cred.fsuid, cred.fsgid)
+        result = handler(k, c)
+        if (c.proc.cred.euid, c.proc.cred.egid, c.proc.cred.fsuid, c.proc.cred.fsgid) != before:
+            set_dumpable(k, c.proc, suid_dumpable())
+        return result
+    return changing_ids
 
 
 def register(t) -> None:
@@ -58,3 +88,6 @@ def register(t) -> None:
                 "ENOSYS, and glibc falls back on clone")
     t.trace_when("prctl", 0, (PR_GET_DUMPABLE, PR_SET_DUMPABLE), sys_prctl_dumpable,
                  "PR_SET/GET_DUMPABLE kept by the guest kernel: the host task stays readable")
+    for kind in ("uid", "gid"):
+        for name in (f"set{kind}", f"setre{kind}", f"setres{kind}", f"setfs{kind}"):
+            t[name].handler = _resets_dumpable(t[name].handler)
