@@ -14,7 +14,7 @@ import tempfile
 
 import pyseccomp as seccomp
 
-from umlrun.syscalls.table import DENIED, EMULATED, NATIVE, PTRACE, SyscallTable
+from umlrun.syscalls.table import DENIED, EMULATED, NATIVE, PTRACE, Masked, SyscallTable
 
 
 def compile_filter(table: SyscallTable) -> bytes:
@@ -43,7 +43,7 @@ def compile_filter(table: SyscallTable) -> bytes:
         return _hot_calls_prologue(table) + _int_rules_prologue(table) + out.read()
 
 
-_LD_W_ABS, _JA, _JEQ_K, _JGE_K, _RET_K = 0x20, 0x05, 0x15, 0x35, 0x06
+_LD_W_ABS, _JA, _JEQ_K, _JGE_K, _RET_K, _AND_K = 0x20, 0x05, 0x15, 0x35, 0x06, 0x54
 _AUDIT_ARCH_X86_64 = 0xC000003E
 _RET_ERRNO, _RET_TRACE, _RET_ALLOW = 0x00050000, 0x7FF00000, 0x7FFF0000
 _NR, _ARCH, _ARGS = 0, 4, 16   # offsets in struct seccomp_data
@@ -75,7 +75,8 @@ def _int_rules_prologue(table: SyscallTable) -> bytes:
     64: a cmd of 0x1_00005412 would slip past a rule for TIOCSTI. And
     libseccomp lets an unconditional ALLOW win over a conditional rule. So
     these few checks are written by hand: for x86-64 calls, compare the
-    argument's low word with a value (or a range [lo, hi)) and return the
+    argument's low word with a value (or a range [lo, hi), or its masked
+    bits with a value: a flag in clone's flags) and return the
     rule's action; otherwise fall through (BPF jumps are relative, so
     libseccomp's program runs unchanged after). Every call runs this, so it
     loads the number once and dispatches on it: a call without rules costs
@@ -92,7 +93,10 @@ def _int_rules_prologue(table: SyscallTable) -> bytes:
         block = []
         for arg, value, ret in rules:
             block.append((_LD_W_ABS, 0, 0, _ARGS + 8 * arg))
-            if isinstance(value, tuple):  # lo <= value < hi, unsigned
+            if isinstance(value, Masked):  # (arg & mask) == value; the next rule loads the arg again
+                block += [(_AND_K, 0, 0, value.mask & 0xFFFFFFFF), (_JEQ_K, 0, 1, value.value & 0xFFFFFFFF),
+                          (_RET_K, 0, 0, ret)]
+            elif isinstance(value, tuple):  # lo <= value < hi, unsigned
                 lo, hi = value
                 block += [(_JGE_K, 0, 2, lo), (_JGE_K, 1, 0, hi), (_RET_K, 0, 0, ret)]
             else:

@@ -13,9 +13,11 @@ every core.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
 import socket
+import struct
 
 from sysemu._sysemu import ffi, lib
 
@@ -28,6 +30,7 @@ PTRACE_O_TRACECLONE, PTRACE_O_TRACEEXEC, PTRACE_O_TRACESECCOMP = 8, 0x10, 0x80
 PTRACE_O_EXITKILL = 0x100000
 EVENT_FORK, EVENT_VFORK, EVENT_CLONE, EVENT_EXEC, EVENT_SECCOMP, EVENT_STOP = 1, 2, 3, 4, 7, 128
 USER_NOTIF_FLAG_CONTINUE = 1
+SECCOMP_IOCTL_NOTIF_ID_VALID = 0x40082102  # _IOW('!', 2, __u64)
 NOTIFY, WAIT = 1, 2
 MAX_COPY = 1 << 26
 WALL = 0x40000000
@@ -144,6 +147,15 @@ class Platform:
         else:
             lib.sysemu_respond(self.notify_fd, notif_id, value, 0, 0)
 
+    def notif_alive(self, notif_id: int) -> bool:
+        """Whether the task that made this notification still waits for its answer
+        (so its pid still names it)."""
+        try:
+            fcntl.ioctl(self.notify_fd, SECCOMP_IOCTL_NOTIF_ID_VALID, struct.pack("Q", notif_id))
+        except OSError:
+            return False
+        return True
+
     def respond_continue(self, notif_id: int) -> None:
         """Let the kernel run the call as the guest made it (only for calls whose
         arguments are plain integers: nothing in guest memory can change under us)."""
@@ -232,6 +244,7 @@ class Platform:
         lib.sysemu_syscall6(NR_PTRACE, PTRACE_SETSIGINFO, pid, 0, int(ffi.cast("long", buf)), 0, 0)
 
     def eventmsg(self, pid: int) -> int:
+        """The event's message (a new task's tid...); 0 when the tracee has left the stop (killed)."""
         msg = ffi.new("unsigned long *")
         lib.sysemu_geteventmsg(pid, msg)
         return msg[0]

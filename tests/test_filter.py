@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from sysemu.filter import HOT_CALLS, compile_filter
-from umlrun.syscalls.table import DENIED, EMULATED, NATIVE, build_table
+from umlrun.syscalls.table import DENIED, EMULATED, NATIVE, Masked, build_table
 
 X86_64, I386 = 0xC000003E, 0x40000003
 ALLOW, NOTIFY, TRACE, ERRNO = 0x7FFF0000, 0x7FC00000, 0x7FF00000, 0x00050000
@@ -65,21 +65,40 @@ def test_every_number_gets_its_entrys_action(compiled):
         assert run_bpf(prog, nr)[0] == ERRNO | errno.ENOSYS
 
 
+def matches(value, arg: int) -> bool:
+    """Whether an int rule's value (a value, a (lo, hi) range or Masked bits) matches an argument."""
+    low = arg & 0xFFFFFFFF
+    if isinstance(value, Masked):
+        return low & value.mask == value.value
+    lo, hi = value if isinstance(value, tuple) else (value, value + 1)
+    return lo <= low < hi
+
+
 def expected(entry, args) -> int:
     """The first int rule that matches the argument's low word, else the entry's action."""
     for arg, value, (kind, data) in entry.int_rules:
-        lo, hi = value if isinstance(value, tuple) else (value, value + 1)
-        if lo <= args[arg] & 0xFFFFFFFF < hi:
+        if matches(value, args[arg]):
             return (ERRNO if kind == "errno" else TRACE) | data
     return want(entry, args)
 
 
+def candidates(value) -> tuple:
+    """Argument values on both sides of a rule's edges."""
+    if isinstance(value, Masked):
+        low_bit = value.mask & -value.mask
+        others = ~value.mask & 0xFFFFFFFF
+        return (value.value, value.value | others, value.value ^ low_bit, (value.value ^ low_bit) | others,
+                0, 0xFFFFFFFF)
+    lo, hi = value if isinstance(value, tuple) else (value, value + 1)
+    return (lo, hi - 1, lo - 1, hi)
+
+
 def test_int_rules_compare_the_low_word(compiled):
     table, prog = compiled
+    assert any(isinstance(v, Masked) for e in table for _, v, _ in e.int_rules)  # clone's CLONE_UNTRACED
     for entry in table:
         for arg, value, _ in entry.int_rules:
-            lo, hi = value if isinstance(value, tuple) else (value, value + 1)
-            for v in (lo, hi - 1, lo - 1, hi):
+            for v in candidates(value):
                 for high in (0, 0xFFFFFFFF00000000):  # the kernel reads such an argument as 32 bits
                     args = [0] * 6
                     args[arg] = (v & 0xFFFFFFFF) | high

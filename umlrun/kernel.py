@@ -14,6 +14,7 @@ import signal
 import struct
 import sys
 import threading
+import time
 import traceback
 
 from hostfs.mount import MountTable
@@ -36,6 +37,7 @@ from sysemu.platform import (
 )
 from umlrun.fastpath import FastPath
 from umlrun.process import Cred, Process, ProcessTable
+from umlrun.supervision import own_children, refuse_unknown, sweep_lost_forks, thread_flags
 from umlrun.syscalls.table import EMULATED, build_table
 
 CONTINUE = object()  # handler result: let the kernel run the call as made
@@ -67,7 +69,7 @@ DEBUG = os.environ.get("UMLRUN_DEBUG")  # print host errors met inside handlers
 _ERESTARTSYS, _ERESTARTNOINTR = 2**64 - 512, 2**64 - 513  # kernel-internal, as seen in rax
 _GROUP_STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 _SI_USER, _SI_QUEUE, _SI_MESGQ, _SI_TKILL = 0, -1, -3, -6  # si_code values
-NR_CLONE, NR_CLONE3 = 56, 435
+NR_CLONE = 56
 CLONE_PARENT_SETTID, CLONE_CHILD_SETTID = 0x00100000, 0x01000000
 ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 MAX_SENDERS = 1024  # signals sent on a guest's behalf, not delivered yet
@@ -149,6 +151,8 @@ class Kernel:
         self.senders: dict[tuple[int, int], tuple[int, int]] = {}  # (host task, sig) -> (guest pid, uid)
         self.placeholder_dir: str | None = None  # for files standing in for unhandable objects
         self._placeholders = 0
+        self._reported: set = set()              # internal errors already reported
+        self.lost_forks: list = []               # (tgid, when): a fork event lost (the parent died in it)
 
     def placeholder(self, guest: tuple) -> int:
         """An empty host file, opened, that stands for the guest object `guest` (which
@@ -183,21 +187,38 @@ class Kernel:
             ev = wait()
             if ev is None:
                 break
+            # Nothing a guest does may end this loop: a handler's bug costs that
+            # one call an errno, a stop that cannot be handled its task.
             if ev[0] == NOTIFY:
-                on_notify(ev[1])
+                try:
+                    on_notify(ev[1])
+                except Exception:
+                    self.report_bug(f"syscall {ev[1].nr}")
+                    self.platform.respond(ev[1].id, -errno.EIO)  # (ENOENT if it was answered)
             else:
-                on_wait(*ev[1])
+                try:
+                    on_wait(*ev[1])
+                except Exception as e:
+                    pid = ev[1][0]
+                    if not isinstance(e, GUEST_ERRORS):  # else: the task or its memory went away meanwhile
+                        self.report_bug(f"a ptrace stop of task {pid}", "that task was killed")
+                    self.kill_task(pid)
         self.shutdown()
         return self.exit_status if self.exit_status is not None else 1
 
     def shutdown(self) -> None:
-        """pid 1 is gone: every other guest process goes with it, and is reaped."""
+        """pid 1 is gone: every other guest process goes with it, and is reaped.
+
+        Every guest task is traced, so all are in the table; but a process the
+        table lacks (a bug, or a guest that found a way out of tracing) would
+        keep the wait below blocked forever. Every guest descends from pid 1,
+        and what outlives its parents comes to the supervisor (a subreaper): so
+        before each wait, every child of the supervisor is killed too."""
         for tid in list(self.procs.by_tid):
-            try:
-                os.kill(tid, signal.SIGKILL)
-            except OSError:
-                pass
+            self.kill_task(tid)
         while True:
+            for pid in own_children():
+                self.kill_task(pid)
             try:
                 pid, status = os.waitpid(-1, WALL)
             except ChildProcessError:
@@ -212,9 +233,19 @@ class Kernel:
 
     # ---- seccomp notifications ---------------------------------------------------------
 
+    def kill_task(self, tid: int) -> None:
+        if tid > 0:  # (0 or -1 would name a process group or every process)
+            try:
+                os.kill(tid, signal.SIGKILL)
+            except OSError:
+                pass
+
     def on_notify(self, n) -> None:
         entry = self.table.by_nr.get(n.nr)
-        proc = self.procs.get(n.pid) or self.procs.placeholder(n.pid)
+        proc = self.procs.get(n.pid)
+        if proc is None or not proc.known:
+            refuse_unknown(self, n)
+            return
         call = Call(self, proc, n.pid, n.nr, tuple(n.args), notif_id=n.id)
         if self.trace is not None:
             self.trace(proc, n.nr, call.args)
@@ -258,9 +289,15 @@ class Kernel:
         self.fast.forget(tid)
         return self.procs.remove(tid)
 
-    def report_bug(self, what: str, outcome: str = "the guest got EIO") -> None:
-        sys.stderr.write(f"umlrun: internal error while emulating {what} ({outcome}):\n")
-        traceback.print_exc(file=sys.stderr)
+    def report_bug(self, what: str, outcome: str = "the guest got EIO", trace: bool = True) -> None:
+        """One line (and the traceback) the first time a kind of failure happens;
+        a guest that repeats it does not flood the user's terminal."""
+        if what in self._reported:
+            return
+        self._reported.add(what)
+        sys.stderr.write(f"umlrun: internal error while emulating {what} ({outcome})" + (":\n" if trace else "\n"))
+        if trace:
+            traceback.print_exc(file=sys.stderr)
 
     # ---- ptrace stops -----------------------------------------------------------------
 
@@ -273,6 +310,8 @@ class Kernel:
         self.platform.resume(pid, sig, self.resume_request(proc))
 
     def on_wait(self, pid: int, status: int) -> None:
+        if self.lost_forks:
+            sweep_lost_forks(self)
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             self.forget(pid)
             if self.procs.init is not None and pid == self.procs.init.tid:
@@ -394,15 +433,28 @@ class Kernel:
         (rewritten at its exit stop) and the SETTID words hold."""
         platform = self.platform
         child_tid = platform.eventmsg(pid)
+        if child_tid <= 0:  # the parent was killed in this stop (another thread's exit_group)
+            if proc is not None:
+                self.lost_forks.append((proc.tgid, time.monotonic()))
+                sweep_lost_forks(self)
+            return
         if proc is not None:
             proc.fork_pending = False
             flags = parent_word = child_word = 0
-            regs = platform.getregs(pid)
-            if regs.orig_rax == NR_CLONE3:  # struct clone_args: flags, pidfd, child_tid, parent_tid
-                flags, _, child_word, parent_word = struct.unpack("4Q", platform.read(pid, regs.rdi, 32))
-            elif regs.orig_rax == NR_CLONE:
+            untraced = proc.extra.pop("clone_rdi", None)  # umlrun/syscalls/tasks.py
+            try:
+                regs = platform.getregs(pid)
+            except GuestFault:  # killed since: whether the child is a thread, the host knows
+                regs = None
+                flags = thread_flags(child_tid)
+            # (clone3 is refused: the flags never need reading from guest memory.)
+            if regs is not None and regs.orig_rax == NR_CLONE:
                 flags, parent_word, child_word = regs.rdi, regs.rdx, regs.r10
             child = self.procs.fork(proc, child_tid, flags)
+            if untraced is not None:
+                child.extra["restore_rdi"] = untraced
+            if "dumpable" in proc.extra:
+                child.extra["dumpable"] = proc.extra["dumpable"]
             vpid = self.procs.vpid(child_tid)
             try:  # the parent's own mask: it may have forked while held on one CPU (sysemu.c hold_here)
                 os.sched_setaffinity(child_tid, os.sched_getaffinity(pid))
@@ -413,9 +465,11 @@ class Kernel:
             if flags & CLONE_CHILD_SETTID:   # the kernel writes it as the child first runs
                 child.settid = child_word
 
-            def result(regs, host=child_tid, vpid=vpid):
+            def result(regs, host=child_tid, vpid=vpid, then=proc.at_exit):
                 if regs.rax == host:
                     regs.rax = vpid
+                if then is not None:  # the registers a handler rewrote (CLONE_UNTRACED)
+                    then(regs)
             proc.at_exit = result
             if child.pending_stop:
                 child.pending_stop = False
@@ -425,6 +479,13 @@ class Kernel:
     def start_task(self, tid: int, proc: Process) -> None:
         """A new task's first stop, its parent's fork event seen: let it run."""
         proc.started = True
+        if "restore_rdi" in proc.extra:  # the guest's own clone flags (CLONE_UNTRACED cleared for the call)
+            try:
+                regs = self.platform.getregs(tid)
+                regs.rdi = proc.extra.pop("restore_rdi")
+                self.platform.setregs(tid, regs)
+            except GuestFault:
+                pass
         if proc.settid:
             self.write_pid(tid, proc.settid, self.procs.vpid(tid))
             proc.settid = 0
@@ -437,7 +498,7 @@ class Kernel:
             pass  # Linux ignores a bad SETTID pointer too
 
     def on_exec(self, pid: int, proc: Process | None) -> None:
-        former = self.platform.eventmsg(pid)
+        former = self.platform.eventmsg(pid) or pid
         if former != pid:  # a non-leader thread exec'd and took over the leader's pid
             old = self.forget(former)
             if old is not None and proc is not None:
@@ -445,6 +506,7 @@ class Kernel:
         self.fast.forget(pid)
         if proc is not None:
             proc.exec_pending = proc.at_exit = None
+            proc.extra.pop("dumpable", None)  # a new image is dumpable again (umlrun/syscalls/tasks.py)
             proc.extra["exe"] = proc.extra.pop("next_exe", None)
             proc.extra["comm"] = proc.extra.pop("next_comm", None)
         self.resume(pid, proc)
@@ -457,14 +519,19 @@ class Kernel:
             return
         nr = regs.orig_rax
         entry = self.table.by_nr.get(nr)
-        if proc is None or entry is None or entry.handler is None or entry.disposition == EMULATED:
+        if proc is None or not proc.known:  # a call from a task the guest kernel does not know
+            self.kill_task(pid)
+            return
+        # An emulated call stops here only for its int rules (CLONE_UNTRACED under --max-pids).
+        handler = None if entry is None else entry.traced if entry.disposition == EMULATED else entry.handler
+        if handler is None:
             self.resume(pid, proc)  # a stop asked for by a filter of the guest's own
             return
         call = Call(self, proc, pid, nr, (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9), regs)
         if self.trace is not None and not self.trap_all:
             self.trace(proc, nr, call.args)
         try:
-            result = entry.handler(self, call)
+            result = handler(self, call)
         except GUEST_ERRORS as e:
             result = -e.errno
         except OSError as e:
@@ -490,12 +557,15 @@ class Kernel:
         PTRACE_SYSCALL so that it takes the same path as in the fast mode (seccomp
         decides: native, user-notify or RET_TRACE); back at its exit the guest
         returns to SYSEMU."""
-        if proc is None:
-            self.resume(pid, proc)
+        if proc is None or not proc.known:  # a task the guest kernel does not know
+            self.kill_task(pid)
             return
         if proc.at_exit is not None and (not proc.reexec or proc.extra.get("reexec_stage") == 1):
             fix, proc.at_exit = proc.at_exit, None
-            regs = self.platform.getregs(pid)
+            try:
+                regs = self.platform.getregs(pid)
+            except GuestFault:
+                return  # killed meanwhile
             try:
                 fix(regs)
             except GUEST_ERRORS:
@@ -515,7 +585,10 @@ class Kernel:
                 proc.extra["reexec_stage"] = 0
             self.resume(pid, proc)
             return
-        regs = self.platform.getregs(pid)
+        try:
+            regs = self.platform.getregs(pid)
+        except GuestFault:
+            return  # killed meanwhile
         if self.trace is not None:
             self.trace(proc, regs.orig_rax, (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9))
         regs.rip -= 2           # back onto the 2-byte syscall instruction
@@ -545,8 +618,19 @@ class Kernel:
             if r < 0:
                 platform.respond(nid, r)
 
-        threading.Thread(target=work, daemon=True).start()
+        threading.Thread(target=self.guarded(work, nid, "a blocking open"), daemon=True).start()
         return DEFERRED
+
+    def guarded(self, work, notif_id: int, what: str):
+        """A worker thread's body that answers notif_id: a bug in it is reported
+        and the call gets EIO (it would otherwise wait forever)."""
+        def run():
+            try:
+                work()
+            except Exception:
+                self.report_bug(what)
+                self.platform.respond(notif_id, -errno.EIO)
+        return run
 
     def guest_fd(self, call: Call, fd: int) -> int:
         """A supervisor copy of the guest's descriptor fd (caller closes it)."""

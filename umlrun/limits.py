@@ -2,11 +2,12 @@
 
 Without root there is no cgroup to put the jail in, so the guest kernel keeps
 the limits itself:
-  - max-pids: fork, vfork, clone and clone3 trap (only when the limit is set)
+  - max-pids: fork, vfork and clone trap (only when the limit is set)
     and fail with EAGAIN once the jail holds that many tasks (threads count,
     as in the pids cgroup). A fork already let through but whose child the
     supervisor has not seen yet counts too, so concurrent forks cannot
-    overshoot.
+    overshoot. clone3 is refused in every jail (umlrun/syscalls/tasks.py), and
+    a clone with CLONE_UNTRACED, which stops in the tracer, is counted there.
   - timeout, memory, cpu-seconds: a watchdog thread samples the jail every
     WATCH_PERIOD seconds (resident memory of every guest process; CPU time of
     the live ones plus what their reaped children used) and kills the whole
@@ -56,8 +57,14 @@ def apply(table, limits: Limits) -> None:
         c.proc.fork_pending = True   # cleared by the fork event
         return CONTINUE
 
-    for name in ("fork", "vfork", "clone", "clone3"):
+    for name in ("fork", "vfork", "clone"):
         table.emulate(name, check_fork, note="counted against --max-pids")
+    untraced = table["clone"].traced  # CLONE_UNTRACED's ptrace stop (umlrun/syscalls/tasks.py)
+    if untraced is not None:
+        def check_untraced(k, c: Call):
+            check_fork(k, c)
+            return untraced(k, c)
+        table["clone"].traced = check_untraced
 
 
 class Watchdog:
@@ -80,16 +87,24 @@ class Watchdog:
     def _run(self) -> None:
         lim = self.limits
         while not self._stop.wait(WATCH_PERIOD):
-            if lim.timeout is not None and time.monotonic() - self._start > lim.timeout:
-                self.exit_code = EXIT_TIMEOUT
-                self._kill(f"ran past --timeout {lim.timeout:g} s")
-            elif lim.memory is not None and (used := self.memory()) > lim.memory:
-                self._kill(f"used {used} bytes of memory, over --memory {lim.memory}")
-            elif lim.cpu_seconds is not None and (cpu := self.cpu_seconds()) > lim.cpu_seconds:
-                self._kill(f"used {cpu:.1f} s of CPU, over --cpu-seconds {lim.cpu_seconds:g}")
-            else:
-                continue
-            return
+            try:
+                if self._check(lim):
+                    return
+            except Exception:  # a limit left unwatched would be worse than one bad sample
+                self.k.report_bug("the limits' watchdog", "sampling goes on")
+
+    def _check(self, lim: Limits) -> bool:
+        """Kill the jail if it is over a limit (True then)."""
+        if lim.timeout is not None and time.monotonic() - self._start > lim.timeout:
+            self.exit_code = EXIT_TIMEOUT
+            self._kill(f"ran past --timeout {lim.timeout:g} s")
+        elif lim.memory is not None and (used := self.memory()) > lim.memory:
+            self._kill(f"used {used} bytes of memory, over --memory {lim.memory}")
+        elif lim.cpu_seconds is not None and (cpu := self.cpu_seconds()) > lim.cpu_seconds:
+            self._kill(f"used {cpu:.1f} s of CPU, over --cpu-seconds {lim.cpu_seconds:g}")
+        else:
+            return False
+        return True
 
     def _kill(self, why: str) -> None:
         self.exceeded = why

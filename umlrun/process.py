@@ -195,4 +195,6 @@ class ProcessTable:
         return p
 
     def tgids(self) -> set[int]:
-        return {p.tgid for p in self.by_tid.values()}
+        # Read from other threads too (watchdog, control socket): list() copies the
+        # values at once, where a comprehension would see the table change under it.
+        return {p.tgid for p in list(self.by_tid.values())}

@@ -26,7 +26,7 @@ inotify_init inotify_rm_watch pselect6 ppoll set_robust_list splice tee sync_fil
 epoll_pwait signalfd timerfd_create eventfd fallocate timerfd_settime timerfd_gettime accept4
 signalfd4 eventfd2 epoll_create1 dup3 pipe2 inotify_init1 preadv pwritev recvmmsg syncfs getcpu
 seccomp getrandom memfd_create membarrier mlock2 copy_file_range preadv2 pwritev2 pkey_mprotect
-pkey_alloc pkey_free io_pgetevents rseq clone3 close_range pidfd_getfd process_madvise epoll_pwait2
+pkey_alloc pkey_free io_pgetevents rseq close_range pidfd_getfd process_madvise epoll_pwait2
 landlock_create_ruleset landlock_add_rule landlock_restrict_self memfd_secret process_mrelease
 futex_waitv set_mempolicy_home_node cachestat map_shadow_stack futex_wake futex_wait futex_requeue
 lsm_get_self_attr lsm_list_modules mseal userfaultfd modify_ldt

@@ -105,7 +105,7 @@ def _in_worker(k, c: Call, run) -> object:
         except OSError as e:
             platform.respond(nid, -e.errno)
 
-    threading.Thread(target=work, daemon=True).start()
+    threading.Thread(target=k.guarded(work, nid, "a socket call"), daemon=True).start()
     return DEFERRED
 
 

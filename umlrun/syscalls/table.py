@@ -19,7 +19,7 @@ import importlib.machinery
 import importlib.util
 import os
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 NATIVE, EMULATED, PTRACE, DENIED = "native", "emulated", "ptrace", "denied"
 
@@ -52,6 +52,13 @@ _NEWER_SIGNATURES = {
 }
 
 
+class Masked(NamedTuple):
+    """An int rule's value that matches when (argument & mask) == value, on the
+    argument's unsigned low 32 bits: a flag bit, whatever the other bits are."""
+    mask: int
+    value: int
+
+
 @dataclass(slots=True)
 class Syscall:
     nr: int
@@ -60,10 +67,11 @@ class Syscall:
     errno: int = errno.ENOSYS          # for DENIED
     handler: Callable | None = None    # for EMULATED / PTRACE
     native_if_zero: int | None = None  # EMULATED/PTRACE, but the filter lets it run natively when this arg is 0
-    # NATIVE, except single values of an int argument: (arg index, value or (lo, hi) range of its
-    # unsigned low 32 bits, ("errno", E) or ("trace", 0)); a traced value stops in the tracer and
-    # goes to the handler.
+    # NATIVE, except single values of an int argument: (arg index, value, (lo, hi) range or
+    # Masked bits of its unsigned low 32 bits, ("errno", E) or ("trace", 0)); a traced value stops
+    # in the tracer and goes to the handler (to `traced` when the call is EMULATED otherwise).
     int_rules: tuple = ()
+    traced: Callable | None = None
     # A private call a signal withdrew before the supervisor took it: the value
     # rax gets instead of a restart, callable(proc) (None: restart it).
     withdrawn: Callable | None = None
@@ -127,9 +135,12 @@ class SyscallTable:
         entry.note = f"{entry.note}; {why}"
 
     def trace_when(self, name: str, arg: int, values: tuple, handler: Callable, why: str) -> None:
-        """A native call, except these int argument values (or (lo, hi) ranges),
-        which stop in the tracer (RET_TRACE) and go to handler."""
+        """A native call, except these int argument values (or (lo, hi) ranges, or
+        Masked bits), which stop in the tracer (RET_TRACE) and go to handler. The
+        rule outlives a later emulate() of the call (--max-pids), whose
+        notifications go to its own handler and these stops still to this one."""
         self.by_name[name].int_rules += tuple((arg, v, ("trace", 0)) for v in values)
+        self.by_name[name].traced = handler
         self.traced_by_process(name, handler, why)
 
     def traced_by_process(self, name: str, handler: Callable, why: str) -> None:
@@ -179,9 +190,11 @@ def build_table() -> SyscallTable:
         sockets,
         statcalls,
         system,
+        tasks,
     )
     table = SyscallTable()
     policy.register(table)
-    for family in (files, statcalls, namespace, attrs, exec, identity, pids, signals, system, sockets, ipc):
+    for family in (files, statcalls, namespace, attrs, exec, identity, pids, signals, system, sockets, ipc,
+                   tasks):
         family.register(table)
     return table
