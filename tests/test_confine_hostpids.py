@@ -168,6 +168,20 @@ def test_private_dirs_work_for_the_guests_host_uid(busybox_root):
     assert r.stdout.split() == ["ran", "fifo", "shm", "0"], r.stdout + r.stderr
 
 
+def test_kept_overlay_is_the_guests_in_a_later_jail(busybox_root, tmp_path):
+    """Files one jail made in a kept overlay (under its own host uid, run as root)
+    are the guest root's in the next jail, which runs under another uid."""
+    keep = tmp_path / "keep"
+    first = subprocess.run([sys.executable, "-m", "umlrun", "run", "-r", busybox_root, "--overlay", keep, "--",
+                            "sh", "-c", "printf '#!/bin/sh\necho ran\n' > /s; chmod 700 /s; mkdir /d; touch /d/f"],
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run([sys.executable, "-m", "umlrun", "run", "-r", busybox_root, "--overlay", keep, "--",
+                            "sh", "-c", "stat -c '%u %g' /s /d /d/f; /s"],
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert again.stdout.splitlines() == ["0 0", "0 0", "0 0", "ran"], again.stdout + again.stderr
+
+
 def test_every_native_call_says_why_it_is_safe():
     """The syscall table's note of each native call gives its reason (policy.py WHY_NATIVE)."""
     from umlrun.syscalls.table import NATIVE, build_table

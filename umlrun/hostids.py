@@ -65,6 +65,17 @@ def _lock_dir() -> int:
     return fd
 
 
+class OwnIds(set):
+    """Host ids that mean "the guest" on files when run as root: the supervisor's,
+    this jail's, and any jail's (a kept overlay or a --rw tree holds files that
+    earlier jails made, each under its own id). The same range for gids."""
+
+    range = (FIRST, COUNT)
+
+    def __contains__(self, host_id) -> bool:
+        return set.__contains__(self, host_id) or FIRST <= host_id < FIRST + COUNT
+
+
 def _still_named(fd: int, name: str, dir_fd: int) -> bool:
     """Whether the locked file is still the one at its name (not removed by the jail that released it)."""
     try:

@@ -258,6 +258,8 @@ class Jail:
         self.kernel = k = Kernel(self.mounts, hostname=cfg.hostname.encode(), trap_all=cfg.trap_all,
                                  guest_host_uid=self.ids.uid if self.ids else None,
                                  guest_host_gid=self.ids.gid if self.ids else None)
+        if self.ids is not None:
+            k.own_uids, k.own_gids = hostids.OwnIds(k.own_uids), hostids.OwnIds(k.own_gids)
         net_tap.apply(k.table, cfg.net)
         jail_limits.apply(k.table, cfg.limits)
         self.procfs.k, k.procfs, k.devpts = k, self.procfs, self.devpts
