@@ -73,6 +73,30 @@ def test_uid_wide_priorities_stay_in_the_jail(busybox_root, probe_dir, host_slee
                           text=True).stdout == ioprio_before
 
 
+@pytest.mark.parametrize("mode", _modes())
+def test_lock_holders_in_guest_pids(busybox_root, probe_dir, tmp_path, mode):
+    """F_GETLK names a lock's holder: 0 for a host process (as in a pid namespace,
+    never its host pid), the guest pid for a guest's."""
+    (tmp_path / "f").write_bytes(b"x" * 200)
+    os.chmod(tmp_path, 0o777)
+    os.chmod(tmp_path / "f", 0o666)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'r+'); "
+                               "fcntl.lockf(f, fcntl.LOCK_EX, 10); print('held', flush=True); time.sleep(60)",
+                               str(tmp_path / "f")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        want = lines(native(probe_dir, PROBE, "getlk", tmp_path / "f", prefix=NEW_PID_NS))
+        assert "host-holder type wrlck pid 0" in want and "child-holder its-pid" in want
+        extra = ["--trace-all"] if mode == "trace-all" else []
+        got = subprocess.run([sys.executable, "-m", "umlrun", "run", *extra, "-r", busybox_root, "-b",
+                              f"{probe_dir}:/probes:ro", "-b", f"{tmp_path}:/locks", "--", f"/probes/{PROBE}",
+                              "getlk", "/locks/f"], capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert lines(got) == want
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def _run_on_terminal(argv, timeout=60):
     """argv as a session leader on a new pty (its controlling terminal); its output."""
     master, slave = os.openpty()

@@ -4,6 +4,7 @@
  *                   pid with O_ASYNC and F_SETSIG SIGKILL; then its own, which works
  *   prio            setpriority/getpriority(PRIO_USER), ioprio_*(IOPRIO_WHO_USER)
  *   tiocspgrp HOSTPGRP   a thread flips the int of tcsetpgrp to a host group
+ *   getlk FILE      F_GETLK's holder pid: a host process's lock, a child's
  *   bgttou          tcsetpgrp from a background group: SIGTTOU, as natively
  *   peerpidfd       SO_PEERPIDFD on stdout (a socket to a host process)
  */
@@ -168,6 +169,34 @@ static void bgttou(void)
     ck("take-it-back", ioctl(0, TIOCSPGRP, &own));
 }
 
+/* F_GETLK: a lock held by a host process (the file given), then by its child. */
+static void getlk(const char *path)
+{
+    int fd = open(path, O_RDWR);
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+    ck("f_getlk host-holder", fcntl(fd, F_GETLK, &fl));
+    printf("host-holder type %s pid %s\n", fl.l_type == F_WRLCK ? "wrlck" : "other", fl.l_pid ? "nonzero" : "0");
+    int go[2], ready[2];
+    pipe(go), pipe(ready);
+    pid_t child = fork();
+    if (child == 0) {
+        int own = open(path, O_RDWR);
+        struct flock mine = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 100, .l_len = 1};
+        fcntl(own, F_SETLK, &mine);
+        write(ready[1], "x", 1);
+        char c;
+        read(go[0], &c, 1);
+        _exit(0);
+    }
+    char c;
+    read(ready[0], &c, 1);
+    struct flock probe = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 100, .l_len = 1};
+    ck("f_getlk child-holder", fcntl(fd, F_GETLK, &probe));
+    printf("child-holder %s\n", probe.l_pid == child ? "its-pid" : "other");
+    write(go[1], "x", 1);
+    waitpid(child, NULL, 0);
+}
+
 static void peerpidfd(void)
 {
     int pidfd = -1;
@@ -187,6 +216,8 @@ int main(int argc, char **argv)
         prio();
     else if (argc > 2 && !strcmp(argv[1], "tiocspgrp"))
         tiocspgrp(atoi(argv[2]));
+    else if (argc > 2 && !strcmp(argv[1], "getlk"))
+        getlk(argv[2]);
     else if (argc > 1 && !strcmp(argv[1], "bgttou"))
         bgttou();
     else if (argc > 1 && !strcmp(argv[1], "peerpidfd"))

@@ -27,6 +27,7 @@ TIOCGPGRP, TIOCSPGRP, TIOCGSID = 0x540F, 0x5410, 0x5429
 SOL_SOCKET, SO_PEERCRED = 1, 17
 F_SETOWN, F_GETOWN, F_SETOWN_EX, F_GETOWN_EX = 8, 9, 15, 16
 F_OWNER_PGRP = 2
+F_GETLK, F_UNLCK, FLOCK_PID = 5, 2, 24   # struct flock: l_type, l_whence, l_start, l_len, l_pid
 # A socket's SIGIO owner, the ioctl way (Linux: net/socket.c, sockets only).
 FIOSETOWN, SIOCSPGRP, FIOGETOWN, SIOCGPGRP = 0x8901, 0x8902, 0x8903, 0x8904
 INT_MIN = -(1 << 31)
@@ -372,11 +373,26 @@ def _ucred_to_guest(k, tid: int, addr: int) -> None:
     k.platform.write(tid, addr, struct.pack("iII", k.procs.vpid(pid), *k.guest_ids(pid, uid, gid)))
 
 
+def _lock_holder_from_call(k, c: Call, addr: int) -> None:
+    """F_GETLK: the pid of a conflicting lock's holder, in guest pids (0 for a
+    holder outside the jail, as Linux answers in a pid namespace)."""
+    def fix(regs, tid=c.pid):
+        if regs.rax == 0:
+            kind, = struct.unpack("h", k.platform.read(tid, addr, 2))
+            host, = struct.unpack("i", k.platform.read(tid, addr + FLOCK_PID, 4))
+            if kind != F_UNLCK and host > 0:
+                k.platform.write(tid, addr + FLOCK_PID, struct.pack("i", k.procs.vpid(host)))
+    c.proc.at_exit = fix
+
+
 def sys_fcntl_owner(k, c: Call):
     """F_SETOWN/F_GETOWN: the process (> 0) or process group (< 0) that gets
     SIGIO; F_SETOWN_EX/F_GETOWN_EX: the same as a {type, pid} struct (glibc's
     F_GETOWN is made of one)."""
     cmd = s32(c.args[1])
+    if cmd == F_GETLK:
+        _lock_holder_from_call(k, c, c.args[2])
+        return None
     if cmd in (F_SETOWN_EX, F_GETOWN_EX):
         addr = c.args[2] + 4  # struct f_owner_ex {int type; pid_t pid;}
         if cmd == F_GETOWN_EX:
@@ -543,5 +559,5 @@ def register(t) -> None:
         t.traced_by_process(name, sys_recvmsg_creds, "SCM_CREDENTIALS in guest pids once SO_PASSCRED is set")
     for name in ("clock_gettime", "clock_getres", "clock_nanosleep", "timer_create"):
         t.trace_when(name, 0, (PID_CLOCKS,), sys_clock_of_pid, "CPU clocks of other processes in guest pids")
-    t.trace_when("fcntl", 1, (F_SETOWN, F_GETOWN, F_SETOWN_EX, F_GETOWN_EX), sys_fcntl_owner,
-                 "F_SETOWN/F_GETOWN(_EX) in guest pids")
+    t.trace_when("fcntl", 1, (F_SETOWN, F_GETOWN, F_SETOWN_EX, F_GETOWN_EX, F_GETLK), sys_fcntl_owner,
+                 "F_SETOWN/F_GETOWN(_EX) and F_GETLK's holder in guest pids")
