@@ -97,6 +97,15 @@ def test_lock_holders_in_guest_pids(busybox_root, probe_dir, tmp_path, mode):
         holder.wait()
 
 
+@pytest.mark.parametrize("mode", _modes())
+def test_thread_timers_name_guest_threads(busybox_root, probe_dir, mode):
+    """timer_create with SIGEV_THREAD_ID takes the caller's guest tid (and leaves
+    the sigevent as the guest wrote it); a host tid is EINVAL, as natively."""
+    want = lines(native(probe_dir, PROBE, "timer", os.getpid(), prefix=NEW_PID_NS))
+    assert want[:2] == ["timer_create own-thread ok", "timer tick delivered tid-kept yes"]
+    assert lines(_run(busybox_root, probe_dir, mode, "timer", os.getpid())) == want
+
+
 def _run_on_terminal(argv, timeout=60):
     """argv as a session leader on a new pty (its controlling terminal); its output."""
     master, slave = os.openpty()

@@ -5,6 +5,7 @@
  *   prio            setpriority/getpriority(PRIO_USER), ioprio_*(IOPRIO_WHO_USER)
  *   tiocspgrp HOSTPGRP   a thread flips the int of tcsetpgrp to a host group
  *   getlk FILE      F_GETLK's holder pid: a host process's lock, a child's
+ *   timer HOSTPID   timer_create(SIGEV_THREAD_ID) to its own thread and to a host one
  *   bgttou          tcsetpgrp from a background group: SIGTTOU, as natively
  *   peerpidfd       SO_PEERPIDFD on stdout (a socket to a host process)
  */
@@ -20,6 +21,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "probe.h"
@@ -197,6 +199,31 @@ static void getlk(const char *path)
     waitpid(child, NULL, 0);
 }
 
+/* A POSIX timer whose signal goes to one thread (SIGEV_THREAD_ID), named by
+ * its tid: the caller's own works, a tid of another process is EINVAL. */
+static volatile sig_atomic_t ticks;
+static void on_tick(int sig) { (void)sig; ticks++; }
+
+static void thread_timer(int host)
+{
+    struct sigevent ev = {.sigev_notify = 4 /* SIGEV_THREAD_ID */, .sigev_signo = SIGUSR1};
+    timer_t t;
+    signal(SIGUSR1, on_tick);
+    ev._sigev_un._tid = (int)syscall(SYS_gettid);
+    if (ck("timer_create own-thread", syscall(SYS_timer_create, CLOCK_MONOTONIC, &ev, &t)) == 0) {
+        struct itimerspec its = {.it_value = {.tv_nsec = 1000000}};
+        syscall(SYS_timer_settime, t, 0, &its, NULL);
+        for (int n = 0; n < 200 && !ticks; n++)
+            usleep(5000);
+        printf("timer tick %s tid-kept %s\n", ticks ? "delivered" : "missing",
+               ev._sigev_un._tid == (int)syscall(SYS_gettid) ? "yes" : "no");
+    }
+    ev._sigev_un._tid = host;
+    ck("timer_create host-thread", syscall(SYS_timer_create, CLOCK_MONOTONIC, &ev, &t));
+    ev._sigev_un._tid = 99999;
+    ck("timer_create no-thread", syscall(SYS_timer_create, CLOCK_MONOTONIC, &ev, &t));
+}
+
 static void peerpidfd(void)
 {
     int pidfd = -1;
@@ -218,6 +245,8 @@ int main(int argc, char **argv)
         tiocspgrp(atoi(argv[2]));
     else if (argc > 2 && !strcmp(argv[1], "getlk"))
         getlk(argv[2]);
+    else if (argc > 2 && !strcmp(argv[1], "timer"))
+        thread_timer(atoi(argv[2]));
     else if (argc > 1 && !strcmp(argv[1], "bgttou"))
         bgttou();
     else if (argc > 1 && !strcmp(argv[1], "peerpidfd"))

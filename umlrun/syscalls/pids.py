@@ -19,7 +19,7 @@ import signal
 import stat
 import struct
 
-from umlrun.kernel import Call, SysError
+from umlrun.kernel import GUEST_ERRORS, Call, SysError
 from umlrun.syscalls.files import s32
 
 P_PID, P_PGID = 1, 2
@@ -443,6 +443,31 @@ def sys_clock_of_pid(k, c: Call):
     return None
 
 
+SIGEV_THREAD_ID, SIGEV_NOTIFY, SIGEV_TID = 4, 12, 16   # struct sigevent: value, signo, notify, tid
+
+
+def sys_timer_create(k, c: Call):
+    """timer_create: a CPU clock of another process (above), and a signal aimed
+    at one thread (SIGEV_THREAD_ID), named by its guest tid: the host's is
+    written into the sigevent for the call and the guest's put back at its exit.
+    Linux accepts only a thread of the caller's own process there, so a value a
+    racing thread puts in its place cannot reach any other process."""
+    if PID_CLOCKS[0] <= c.args[0] & 0xFFFFFFFF < PID_CLOCKS[1]:
+        sys_clock_of_pid(k, c)
+    ev = c.args[1]
+    if not ev:
+        return None
+    try:
+        notify, vtid = struct.unpack("ii", c.read(ev + SIGEV_NOTIFY, 8))
+    except GUEST_ERRORS:
+        return None                        # the kernel answers EFAULT itself
+    if notify == SIGEV_THREAD_ID:
+        proc = k.procs.live(vtid)
+        host = proc.tid if proc is not None and proc.tgid == c.proc.tgid else NO_PID
+        _pid_in_memory_for_call(k, c, ev + SIGEV_TID, host, vtid)
+    return None
+
+
 # ---- SCM_CREDENTIALS ----------------------------------------------------------------
 #
 # Received: the kernel writes the sender's host pid and ids into a control
@@ -557,7 +582,9 @@ def register(t) -> None:
                  "SO_PASSCRED: the process's recvmsg calls are traced from then on")
     for name in ("recvmsg", "recvmmsg"):
         t.traced_by_process(name, sys_recvmsg_creds, "SCM_CREDENTIALS in guest pids once SO_PASSCRED is set")
-    for name in ("clock_gettime", "clock_getres", "clock_nanosleep", "timer_create"):
+    t.ptrace("timer_create", sys_timer_create, note="SIGEV_THREAD_ID's tid and other processes' CPU clocks"
+             " in guest pids (Linux accepts only the caller's own threads there)")
+    for name in ("clock_gettime", "clock_getres", "clock_nanosleep"):
         t.trace_when(name, 0, (PID_CLOCKS,), sys_clock_of_pid, "CPU clocks of other processes in guest pids")
     t.trace_when("fcntl", 1, (F_SETOWN, F_GETOWN, F_SETOWN_EX, F_GETOWN_EX, F_GETLK), sys_fcntl_owner,
                  "F_SETOWN/F_GETOWN(_EX) and F_GETLK's holder in guest pids")
