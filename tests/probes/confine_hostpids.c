@@ -17,6 +17,7 @@
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -232,6 +233,13 @@ static void peerpidfd(void)
         ck("pidfd_send_signal peer", syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0));
     int on = 1;
     ck("so_passpidfd", setsockopt(1, SOL_SOCKET, 76 /* SO_PASSPIDFD */, &on, sizeof on));
+    /* The same numbers at another level are other options (IPV6_UNICAST_IF, IPV6_RECVFRAGSIZE). */
+    int v6 = socket(AF_INET6, SOCK_DGRAM, 0), idx = 0;
+    if (v6 >= 0) {
+        ck("ipv6_unicast_if", setsockopt(v6, SOL_IPV6, 76, &idx, sizeof idx));
+        len = sizeof idx;
+        ck("ipv6_recvfragsize", getsockopt(v6, SOL_IPV6, 77, &idx, &len));
+    }
 }
 
 int main(int argc, char **argv)

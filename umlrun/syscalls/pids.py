@@ -25,6 +25,10 @@ from umlrun.syscalls.files import s32
 P_PID, P_PGID = 1, 2
 TIOCGPGRP, TIOCSPGRP, TIOCGSID = 0x540F, 0x5410, 0x5429
 SOL_SOCKET, SO_PEERCRED = 1, 17
+# A pidfd of a socket's peer (or of a message's sender) may name a host process,
+# which pidfd_send_signal and pidfd_getfd would then reach: ENOPROTOOPT, as a
+# kernel without them answers (programs fall back on SO_PEERCRED).
+SO_PASSPIDFD, SO_PEERPIDFD = 76, 77
 F_SETOWN, F_GETOWN, F_SETOWN_EX, F_GETOWN_EX = 8, 9, 15, 16
 F_OWNER_PGRP = 2
 F_GETLK, F_UNLCK, FLOCK_PID = 5, 2, 24   # struct flock: l_type, l_whence, l_start, l_len, l_pid
@@ -357,6 +361,8 @@ def sys_getsockopt_peercred(k, c: Call):
     """SO_PEERCRED: the peer's pid and ids as the guest names them (pid 0 for
     a peer outside the jail)."""
     level, optname, optval = s32(c.args[1]), s32(c.args[2]), c.args[3]
+    if level == SOL_SOCKET and optname == SO_PEERPIDFD:
+        raise SysError(errno.ENOPROTOOPT)
     if level != SOL_SOCKET or optname != SO_PEERCRED or not optval:
         return None
 
@@ -515,7 +521,9 @@ def _credentials(k, tid: int, hdr_addr: int) -> list[tuple[int, int, int, int]]:
 def sys_setsockopt_passcred(k, c: Call):
     """First SO_PASSCRED of a process: add the recvmsg-tracing filter, then
     have the guest make its call again (it then runs as made)."""
-    if s32(c.args[1]) != SOL_SOCKET or c.proc.extra.get("passcred"):
+    if s32(c.args[1]) == SOL_SOCKET and s32(c.args[2]) == SO_PASSPIDFD:
+        raise SysError(errno.ENOPROTOOPT)
+    if s32(c.args[1]) != SOL_SOCKET or s32(c.args[2]) != SO_PASSCRED or c.proc.extra.get("passcred"):
         return None
     regs = c.regs
     prog = (regs.rsp - 128 - len(_RECV_FILTER)) & ~15
@@ -577,9 +585,10 @@ def register(t) -> None:
                  "TIOCGPGRP/TIOCSPGRP/TIOCGSID in guest pids (TIOCSPGRP in umlrun's session made by umlrun)")
     t.trace_when("ioctl", 1, (FIOSETOWN, SIOCSPGRP, FIOGETOWN, SIOCGPGRP), sys_ioctl_pids,
                  "FIOSETOWN/SIOCSPGRP made by umlrun from a copy, FIOGETOWN/SIOCGPGRP in guest pids")
-    t.trace_when("getsockopt", 2, (SO_PEERCRED,), sys_getsockopt_peercred, "SO_PEERCRED in guest pids")
-    t.trace_when("setsockopt", 2, (SO_PASSCRED,), sys_setsockopt_passcred,
-                 "SO_PASSCRED: the process's recvmsg calls are traced from then on")
+    t.trace_when("getsockopt", 2, (SO_PEERCRED, SO_PEERPIDFD), sys_getsockopt_peercred,
+                 "SO_PEERCRED in guest pids; SO_PEERPIDFD refused (a pidfd of a host peer)")
+    t.trace_when("setsockopt", 2, (SO_PASSCRED, SO_PASSPIDFD), sys_setsockopt_passcred,
+                 "SO_PASSCRED: the process's recvmsg calls are traced from then on; SO_PASSPIDFD refused")
     for name in ("recvmsg", "recvmmsg"):
         t.traced_by_process(name, sys_recvmsg_creds, "SCM_CREDENTIALS in guest pids once SO_PASSCRED is set")
     t.ptrace("timer_create", sys_timer_create, note="SIGEV_THREAD_ID's tid and other processes' CPU clocks"

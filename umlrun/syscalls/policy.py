@@ -103,7 +103,6 @@ WHY_NATIVE = {
 }
 
 TIOCSTI = 0x5412
-SO_PASSPIDFD, SO_PEERPIDFD = 76, 77
 
 
 def register(table) -> None:
@@ -112,11 +111,6 @@ def register(table) -> None:
         for name in names.split():
             if table[name].disposition == NATIVE:
                 table[name].note = why
-    # A pidfd of a socket's peer (or of a message's sender) may name a host process,
-    # which pidfd_send_signal and pidfd_getfd would then reach: ENOPROTOOPT, as a
-    # kernel without them answers (programs fall back on SO_PEERCRED).
-    table.refuse("getsockopt", 2, SO_PEERPIDFD, errno.ENOPROTOOPT, "SO_PEERPIDFD refused")
-    table.refuse("setsockopt", 2, SO_PASSPIDFD, errno.ENOPROTOOPT, "SO_PASSPIDFD refused")
     # Faking terminal input would let a guest type into the user's shell once the
     # jail is over (the sandbox escape of CVE-2017-5226): refused in the filter.
     table.refuse("ioctl", 1, TIOCSTI, errno.EPERM, "TIOCSTI refused")
