@@ -65,6 +65,13 @@ static void owner(int host)
     ck("fiosetown pipe", ioctl(p[0], FIOSETOWN, &v));
     ck("fiogetown pipe", ioctl(p[0], FIOGETOWN_, &v));
     ck("fiosetown bad-fd", ioctl(999, FIOSETOWN, &v));
+    struct { unsigned version; int pid; } hdr = {0x20080522, host};
+    unsigned caps[6];
+    ck("capget host-pid", syscall(SYS_capget, &hdr, caps));
+    hdr.pid = -5;
+    ck("capget negative-pid", syscall(SYS_capget, &hdr, caps));
+    hdr.pid = getpid();
+    ck("capget self", syscall(SYS_capget, &hdr, caps));
     unsigned long long cookie;
     errno = 0;
     long r = prctl(PR_SCHED_CORE, PR_SCHED_CORE_GET, host, 0 /* PIDTYPE_PID */, &cookie);
