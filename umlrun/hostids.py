@@ -22,6 +22,7 @@ import stat
 
 FIRST, COUNT = 1_879_048_192, 1 << 20   # 0x70000000: far above the ids distributions hand out
 LOCK_DIR = "/run/umlrun/ids"
+LEGACY = 65534   # nobody (and nogroup): the guests' host id before
 
 
 def _named_ids() -> set[int]:
@@ -68,12 +69,13 @@ def _lock_dir() -> int:
 class OwnIds(set):
     """Host ids that mean "the guest" on files when run as root: the supervisor's,
     this jail's, and any jail's (a kept overlay or a --rw tree holds files that
-    earlier jails made, each under its own id). The same range for gids."""
+    earlier jails made, each under its own id); and nobody's, which guests ran as
+    before jails had ids of their own (trees built then hold it). The same for gids."""
 
-    range = (FIRST, COUNT)
+    range = (FIRST, COUNT, LEGACY)
 
     def __contains__(self, host_id) -> bool:
-        return set.__contains__(self, host_id) or FIRST <= host_id < FIRST + COUNT
+        return set.__contains__(self, host_id) or FIRST <= host_id < FIRST + COUNT or host_id == LEGACY
 
 
 def _still_named(fd: int, name: str, dir_fd: int) -> bool:

@@ -461,7 +461,7 @@ def sys_timer_create(k, c: Call):
     if PID_CLOCKS[0] <= c.args[0] & 0xFFFFFFFF < PID_CLOCKS[1]:
         sys_clock_of_pid(k, c)
     ev = c.args[1]
-    if not ev:
+    if not ev or ev >= 1 << 63:            # a kernel address: the kernel answers EFAULT itself
         return None
     try:
         notify, vtid = struct.unpack("ii", c.read(ev + SIGEV_NOTIFY, 8))
