@@ -39,6 +39,7 @@ int sysemu_pidfd_getfd(int pidfd, int fd);
 long sysemu_fstatat(int dirfd, const char *path, void *buf, int flags);
 long sysemu_statx(int dirfd, const char *path, int flags, unsigned int mask, void *buf);
 void sysemu_fast_enable(int on, unsigned int uid0, unsigned int uid1, unsigned int gid0, unsigned int gid1);
+void sysemu_fast_own_range(unsigned int first, unsigned int count, unsigned int legacy);
 int sysemu_fast_task(int tid, int vtid, int vtgid, int paths, const char *cwd, int cwdlen);
 void sysemu_fast_forget(int tid);
 void sysemu_fast_revoke(void);

@@ -56,6 +56,10 @@ static struct fast_path fast_paths[FAST_PATH_SLOTS];
 static uint64_t fast_gen = 1;
 static int fast_enabled;
 static unsigned int own_uid[2], own_gid[2];
+/* Run as root, every jail's own host id means "the guest" too: files a kept
+ * overlay got from earlier jails (umlrun/hostids.py), and `nobody`, which
+ * trees made by earlier versions of umlrun hold. Empty otherwise. */
+static unsigned int own_first, own_count, own_legacy = (unsigned int)-1;
 static unsigned long fast_answered;
 
 static uint64_t fast_hash(const char *s, int len, int follow)
@@ -82,6 +86,11 @@ static void sysemu_fast_enable(int on, unsigned int uid0, unsigned int uid1, uns
 {
     fast_enabled = on;
     own_uid[0] = uid0, own_uid[1] = uid1, own_gid[0] = gid0, own_gid[1] = gid1;
+}
+
+static void sysemu_fast_own_range(unsigned int first, unsigned int count, unsigned int legacy)
+{
+    own_first = first, own_count = count, own_legacy = legacy;
 }
 
 /* A task's ids; paths: may it use the path cache (with this cwd) until the next revoke. */
@@ -218,7 +227,7 @@ static struct fast_path *call_path(const struct fast_task *t, uint64_t dirfd, co
 
 static unsigned int guest_id(unsigned int id, const unsigned int own[2])
 {
-    return id == own[0] || id == own[1] ? 0 : id;
+    return id == own[0] || id == own[1] || id - own_first < own_count || id == own_legacy ? 0 : id;
 }
 
 static int answer_stat(int notify_fd, const struct seccomp_notif *req, struct stat *st, long long uid,

@@ -69,6 +69,7 @@ class FastPath:
         self.enabled = enabled and len(own_u) <= 2 and len(own_g) <= 2
         self.copy_ups = OverlayFS.copy_ups
         lib.sysemu_fast_enable(int(self.enabled), own_u[0], own_u[-1], own_g[0], own_g[-1])
+        lib.sysemu_fast_own_range(*getattr(kernel.own_uids, "range", (0, 0, 0xFFFFFFFF)))
 
     # ---- after each call Python answered ----------------------------------------------
 

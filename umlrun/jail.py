@@ -25,6 +25,7 @@ from hostfs.pathwalk import PathWalk, WalkError
 from hostfs.procfs import ProcFS
 from hostfs.procfs import host_dir as procfs_host_dir
 from hostfs.procfs import sweep as procfs_sweep
+from umlrun import hostids
 from umlrun import limits as jail_limits
 from umlrun.control import ControlServer, run_dir
 from umlrun.limits import Limits
@@ -32,7 +33,6 @@ from umlrun.syscalls import ipc
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty", "ptmx")
-NOBODY = 65534
 
 
 class JailError(Exception):
@@ -84,6 +84,7 @@ class Jail:
         self.runtime = tempfile.mkdtemp(prefix="umlrun-")
         self.proc_dir: str | None = None  # the guest's /proc, on a tmpfs when there is one
         self.mounts = MountTable()
+        self.ids: hostids.JailIds | None = None  # the guest's own host uid, when run as root
 
     # ---- the guest's filesystem -----------------------------------------------------
 
@@ -253,10 +254,16 @@ class Jail:
             self.build_mounts()
         except (MountError, StoreError) as e:
             raise JailError(str(e)) from None
-        root = os.geteuid() == 0
+        if os.geteuid() == 0:  # the guest runs as a host user no other process is
+            try:
+                self.ids = hostids.allocate()
+            except OSError as e:
+                raise JailError(f"cannot give the jail a host uid of its own: {e}") from None
         self.kernel = k = Kernel(self.mounts, hostname=cfg.hostname.encode(), trap_all=cfg.trap_all,
-                                 guest_host_uid=NOBODY if root else None,
-                                 guest_host_gid=NOBODY if root else None)
+                                 guest_host_uid=self.ids.uid if self.ids else None,
+                                 guest_host_gid=self.ids.gid if self.ids else None)
+        if self.ids is not None:
+            k.own_uids, k.own_gids = hostids.OwnIds(k.own_uids), hostids.OwnIds(k.own_gids)
         net_tap.apply(k.table, cfg.net)
         jail_limits.apply(k.table, cfg.limits)
         self.procfs.k, k.procfs, k.devpts = k, self.procfs, self.devpts
@@ -317,6 +324,8 @@ class Jail:
         shutil.rmtree(self.runtime, ignore_errors=True)
         if self.proc_dir:
             shutil.rmtree(self.proc_dir, ignore_errors=True)
+        if self.ids is not None:  # after every guest process is gone (Kernel.shutdown)
+            self.ids.release()
 
 
 def sweep_leftovers() -> None:

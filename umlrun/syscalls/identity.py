@@ -112,7 +112,14 @@ def sys_capget(k, c: Call):
         return 0
     if not c.args[1]:
         return 0
-    words = _ALL_CAPS if c.proc.cred.euid == 0 else (0, 0)
+    # The process it names (header.pid; 0: the caller): a guest's only, as in a pid namespace.
+    pid = struct.unpack("<i", c.read(c.args[0] + 4, 4))[0]
+    if pid < 0:
+        raise SysError(errno.EINVAL)
+    target = c.proc if pid == 0 else k.procs.live(pid)
+    if target is None:
+        raise SysError(errno.ESRCH)
+    words = _ALL_CAPS if target.cred.euid == 0 else (0, 0)
     n = 1 if version == _CAP_V1 else 2
     c.write(c.args[1], b"".join(struct.pack("<III", w, w, 0) for w in words[:n]))
     return 0

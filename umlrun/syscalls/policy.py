@@ -9,6 +9,8 @@ unprivileged caller (EPERM) or ENOSYS where the kernel may lack it anyway.
 """
 import errno
 
+from umlrun.syscalls.table import NATIVE
+
 NATIVE_CALLS = """
 read write close poll lseek mmap mprotect munmap brk rt_sigaction rt_sigprocmask rt_sigreturn ioctl
 pread64 pwrite64 readv writev pipe select sched_yield mremap msync mincore madvise
@@ -50,11 +52,65 @@ removexattrat file_getattr file_setattr
 """
 
 
+# Why each native call is safe: none names a host process, process group, uid-wide
+# set or host-wide name, or the ones that could are traced or refused by their
+# command (what the table's note says). Issue 11's rule: a guest names processes
+# by guest pid only (ESRCH for any other), and a call that would act on a whole
+# uid acts on the jail's processes of that uid only.
+WHY_NATIVE = {
+    "a descriptor the guest holds (its data path; no name)": """
+        read write close poll lseek pread64 pwrite64 readv writev select sendfile dup dup2 dup3 flock
+        fsync fdatasync ftruncate getdents getdents64 fstatfs readahead fgetxattr flistxattr fadvise64
+        epoll_wait epoll_ctl epoll_pwait epoll_pwait2 splice tee vmsplice sync_file_range fallocate
+        copy_file_range preadv pwritev preadv2 pwritev2 syncfs pselect6 ppoll inotify_rm_watch cachestat
+        close_range accept accept4 recvfrom recvmsg recvmmsg shutdown listen getsockname getpeername
+        mq_timedsend mq_timedreceive mq_getsetattr io_getevents io_submit io_cancel io_pgetevents io_destroy""",
+    "a new object only the caller holds": """
+        pipe pipe2 socket socketpair eventfd eventfd2 signalfd signalfd4 timerfd_create timerfd_settime
+        timerfd_gettime epoll_create epoll_create1 inotify_init inotify_init1 memfd_create memfd_secret
+        userfaultfd io_setup landlock_create_ruleset landlock_add_rule landlock_restrict_self pkey_alloc
+        pkey_free""",
+    "the caller's own memory, signals, timers, limits or thread state": """
+        mmap mprotect munmap brk mremap msync mincore madvise mlock munlock mlockall munlockall mlock2
+        pkey_mprotect remap_file_pages mbind set_mempolicy get_mempolicy set_mempolicy_home_node
+        map_shadow_stack mseal rt_sigaction rt_sigprocmask rt_sigreturn rt_sigpending rt_sigtimedwait
+        rt_sigsuspend sigaltstack pause nanosleep getitimer alarm setitimer umask getrlimit setrlimit
+        getrusage times personality arch_prctl set_thread_area get_thread_area modify_ldt set_robust_list
+        rseq restart_syscall exit exit_group sched_yield sched_get_priority_max sched_get_priority_min
+        getcpu seccomp lsm_get_self_attr lsm_list_modules timer_settime timer_gettime timer_getoverrun
+        timer_delete""",
+    "no name at all (clocks, randomness, host-wide counters or flushes)": """
+        gettimeofday time clock_gettime clock_getres clock_nanosleep getrandom sysinfo sync membarrier""",
+    "a child, which the tracer sees and joins to the jail before it runs (Kernel.on_fork)": """
+        clone fork vfork clone3""",
+    "futex words are the caller's memory; a PI futex names its owner by host tid, so a guest can at most"
+    " attach a waiter to a host task (priority inheritance), never signal or inspect it": """
+        futex futex_waitv futex_wake futex_wait futex_requeue""",
+    "pidfds name guest processes only (pidfd_open is translated, SO_PEERPIDFD/SO_PASSPIDFD refused,"
+    " CLONE_PIDFD names the child)": """
+        pidfd_getfd process_madvise process_mrelease""",
+    "commands act on the descriptor, except those below (which name a pid, or fake input)": "ioctl",
+    "F_SETSIG is a signal number, leases and F_NOTIFY signal the caller; other commands act on the"
+    " descriptor, except those below": "fcntl",
+    "options act on the caller, except the one below; PR_SET_PTRACER names who may trace the caller,"
+    " it reaches no one": "prctl",
+    "options act on the socket, except those below": "getsockopt setsockopt",
+    "SIGEV_THREAD_ID must name a thread of the caller (EINVAL otherwise); CPU clocks below":
+        "timer_create",
+    "signals the caller only (SIGEV_THREAD_ID is EINVAL); no queue can be opened (mq_open is refused)": "mq_notify",
+    "SysV IPC by key and id: host-wide names (their per-jail view is another part of issue 11)": """
+        shmget shmat shmctl shmdt semget semop semctl semtimedop msgget msgsnd msgrcv msgctl""",
+}
+
 TIOCSTI = 0x5412
 
 
 def register(table) -> None:
     table.native(NATIVE_CALLS, note="host kernel")
+    for why, names in WHY_NATIVE.items():
+        for name in names.split():
+            if table[name].disposition == NATIVE:
+                table[name].note = why
     # Faking terminal input would let a guest type into the user's shell once the
     # jail is over (the sandbox escape of CVE-2017-5226): refused in the filter.
     table.refuse("ioctl", 1, TIOCSTI, errno.EPERM, "TIOCSTI refused")

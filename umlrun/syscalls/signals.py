@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 
 from sysemu._sysemu import ffi, lib
 from umlrun.kernel import ARG_REGS, CONTINUE, GUEST_ERRORS, Call, SysError, catches
@@ -176,6 +177,132 @@ def who_arg(process: int, pgrp: int):
     return handler
 
 
+# ---- calls naming every process of a uid -------------------------------------------
+#
+# setpriority/getpriority(PRIO_USER) and ioprio_set/ioprio_get(IOPRIO_WHO_USER)
+# act on every process of a uid. Natively they would reach every host process
+# of the guest's host uid (the user's own, other jails'); in a pid namespace
+# Linux skips the processes the namespace does not hold. So they act on the
+# jail's tasks of that guest uid only, each set by the supervisor with the
+# checks Linux makes on the caller's (guest) credentials.
+
+PRIO_USER, IOPRIO_WHO_USER = 2, 3
+NR_IOPRIO_SET, NR_IOPRIO_GET = 251, 252
+NO_PID = 0x7FFFFFFF  # above PID_MAX_LIMIT: no process has it
+IOPRIO_DEFAULT = (2 << 13) | 4  # best effort, level 4
+
+
+def _tasks_of_uid(k, c: Call, who: int) -> list:
+    """The jail's tasks whose real uid is who (0: the caller's)."""
+    uid = c.proc.cred.ruid if who == 0 else who & 0xFFFFFFFF
+    return [p for p in list(k.procs.by_tid.values()) if p.known and p.cred.ruid == uid]
+
+
+def _nice_limit(tid: int) -> int:
+    try:
+        return resource.prlimit(tid, resource.RLIMIT_NICE)[0]
+    except OSError:
+        return 0
+
+
+def _priority_user(k, c: Call) -> int:
+    """get/setpriority(PRIO_USER, who[, nice]) over the jail's tasks of that uid."""
+    who, cred = s32(c.args[1]), c.proc.cred
+    tasks = _tasks_of_uid(k, c, who)
+    if c.nr == NR_GETPRIORITY:
+        best = -errno.ESRCH
+        for p in tasks:
+            try:
+                best = max(best, 20 - os.getpriority(os.PRIO_PROCESS, p.tid))
+            except OSError:
+                continue
+        return best
+    nice = min(max(s32(c.args[2]), -20), 19)
+    result = -errno.ESRCH
+    for p in tasks:
+        try:
+            if not (cred.euid == 0 or cred.euid in (p.cred.ruid, p.cred.euid)):
+                result = -errno.EPERM
+            elif nice < os.getpriority(os.PRIO_PROCESS, p.tid) and 20 - nice > _nice_limit(p.tid):
+                result = -errno.EACCES    # lowering it needs RLIMIT_NICE (no host CAP_SYS_NICE here)
+            else:
+                os.setpriority(os.PRIO_PROCESS, p.tid, nice)
+                if result == -errno.ESRCH:
+                    result = 0
+        except OSError:
+            continue                      # gone meanwhile
+    return result
+
+
+def _ioprio_best(a: int, b: int) -> int:
+    """Linux's ioprio_best: the lower value, a class NONE counting as the default."""
+    return min(a if a >> 13 else IOPRIO_DEFAULT, b if b >> 13 else IOPRIO_DEFAULT)
+
+
+def _ioprio_user(k, c: Call):
+    """ioprio_get/ioprio_set(IOPRIO_WHO_USER, who[, prio]) over the jail's tasks of that uid."""
+    who, cred = s32(c.args[1]), c.proc.cred
+    if c.nr == NR_IOPRIO_GET:
+        best = -errno.ESRCH
+        for p in _tasks_of_uid(k, c, who):
+            prio = lib.sysemu_syscall6(NR_IOPRIO_GET, IOPRIO_WHO_PROCESS, p.tid, 0, 0, 0, 0)
+            if prio >= 0:
+                best = prio if best < 0 else _ioprio_best(best, prio)
+        return best
+    # The value is checked by the guest's own call (the capability an RT class
+    # needs is the guest's host process's): it runs on a pid no task has, so it
+    # answers the value's error or ESRCH; on ESRCH the tasks are set at its exit.
+    prio = c.args[2]
+    c.rewrite_arg(0, IOPRIO_WHO_PROCESS)
+    c.rewrite_arg(1, NO_PID)
+
+    def set_each(regs):
+        if regs.rax != (-errno.ESRCH) & 0xFFFFFFFFFFFFFFFF:
+            return
+        result = -errno.ESRCH
+        for p in _tasks_of_uid(k, c, who):
+            if not (cred.euid == 0 or p.cred.ruid in (cred.euid, cred.ruid)):
+                result = -errno.EPERM
+                break
+            r = lib.sysemu_syscall6(NR_IOPRIO_SET, IOPRIO_WHO_PROCESS, p.tid, prio, 0, 0, 0)
+            if r != -errno.ESRCH:
+                result = r
+            if result < 0 and result != -errno.ESRCH:
+                break
+        regs.rax = result & 0xFFFFFFFFFFFFFFFF
+    c.proc.at_exit = set_each
+    return None
+
+
+NR_GETPRIORITY = 140
+
+
+def priority_who(process: int, pgrp: int, user: int, user_handler):
+    """getpriority/setpriority/ioprio_*: (which, who) pairs."""
+    by_pid = who_arg(process, pgrp)
+
+    def handler(k, c: Call):
+        if s32(c.args[0]) == user:
+            return user_handler(k, c)
+        return by_pid(k, c)
+    return handler
+
+
+PR_SCHED_CORE = 62
+
+
+def sys_prctl_sched_core(k, c: Call):
+    """prctl(PR_SCHED_CORE, cmd, pid, type, addr): a core-scheduling cookie read
+    from or shared with a process (0: the caller). A pid that is not a guest's
+    becomes one no process has, so Linux answers it in its own order (ESRCH, or
+    EINVAL where the kernel lacks core scheduling)."""
+    vpid = s32(c.args[2])
+    if vpid > 0:
+        proc = k.procs.live(vpid)
+        c.rewrite_arg(2, proc.tid if proc is not None else NO_PID)
+    return None
+
+
 def sys_pidfd_send_signal(k, c: Call):
     """A real pidfd only ever names a guest process (pidfd_open is checked), so
     it runs as made. An fd of a /proc/PID directory is also a pidfd on Linux;
@@ -217,6 +344,11 @@ def register(t) -> None:
                  note="guest pids" + ("" if always else "; the caller itself does not trap"),
                  native_if_zero=None if always else 0)
     for name in ("getpriority", "setpriority"):
-        t.ptrace(name, who_arg(PRIO_PROCESS, PRIO_PGRP), note="guest pids", native_if_zero=1)
+        handler = priority_who(PRIO_PROCESS, PRIO_PGRP, PRIO_USER, _priority_user)
+        t.ptrace(name, handler, note="guest pids", native_if_zero=1)
+        t.trace_when(name, 0, (PRIO_USER,), handler, "PRIO_USER: the jail's tasks of that uid only")
     for name in ("ioprio_get", "ioprio_set"):
-        t.ptrace(name, who_arg(IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP), note="guest pids", native_if_zero=1)
+        handler = priority_who(IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP, IOPRIO_WHO_USER, _ioprio_user)
+        t.ptrace(name, handler, note="guest pids", native_if_zero=1)
+        t.trace_when(name, 0, (IOPRIO_WHO_USER,), handler, "IOPRIO_WHO_USER: the jail's tasks of that uid only")
+    t.trace_when("prctl", 0, (PR_SCHED_CORE,), sys_prctl_sched_core, "PR_SCHED_CORE: guest pids")
