@@ -104,6 +104,7 @@ class Jail:
             # upper layer, kept with --overlay DIR, else gone with the jail.
             upper = self._upper(lower)
             ovl = OverlayFS(lower.encode(), upper, self._dir("merged", 0o700), mt.aliases)
+            ovl.setid_in_store = os.geteuid() == 0  # as Kernel.chown_to: the guest runs as another host user
             mt.add(b"/", upper, kind="overlay", overlay=ovl)
         # Private, writable, gone with the jail. /run also hides the host's sockets.
         mt.add(b"/tmp", self._dir("tmp", 0o1777), kind="tmpfs")

@@ -526,9 +526,15 @@ class Kernel:
 
     # ---- helpers for handlers ------------------------------------------------------------
 
-    def open_blocking(self, call: Call, parent_fd: int, name: bytes, hostflags: int, cloexec: int):
-        """Open something that may block (a FIFO) on a worker thread, answering from there."""
+    def open_blocking(self, call: Call, parent_fd: int, name: bytes, hostflags: int, cloexec: int,
+                      held: int | None = None):
+        """Open something that may block (a FIFO) on a worker thread, answering from there.
+        held: the object is our descriptor `held`, reached as /proc/self/fd/<name>."""
         dfd = os.dup(parent_fd)  # the walk's descriptors close when the handler returns
+        keep = None
+        if held is not None:
+            keep = os.dup(held)
+            name = b"%d" % keep
         platform, nid = self.platform, call.id
 
         def work():
@@ -539,6 +545,8 @@ class Kernel:
                 return
             finally:
                 os.close(dfd)
+                if keep is not None:
+                    os.close(keep)
             r = platform.install_fd(nid, fd, bool(cloexec))
             os.close(fd)
             if r < 0:

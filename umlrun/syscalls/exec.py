@@ -44,6 +44,8 @@ class PreparedExec:
 def _open_program(k, c: Call, dirfd: int, path: bytes, follow: bool):
     """Resolve and open a program; returns (fd, first bytes of the file, guest path)."""
     with lookup(k, c, dirfd, path, follow=follow) as d:
+        if d.held is not None:  # /proc/self/fd/N, /proc/self/exe: the very file the descriptor holds
+            d.use_held()
         st = d.st
         if stat.S_ISLNK(st.st_mode):
             raise SysError(errno.ELOOP)
