@@ -185,7 +185,7 @@ def reopen_held(d, acc: int, trunc: bool) -> bool:
     own authority, never opens it with more than the guest was given. Pipes and
     sockets are the guest's own channels. Returns whether d is the held object."""
     within = within_own_access(d, acc, trunc)
-    if within:
+    if within and not stat.S_ISDIR(d.st.st_mode):  # (a directory is opened by its name: merged listings)
         d.use_held()
         return True
     if not within and d.mount is MAGIC_MOUNT and stat.S_IFMT(d.st.st_mode) not in (stat.S_IFIFO, stat.S_IFSOCK):
