@@ -275,3 +275,14 @@ def test_copy_up_of_a_set_id_lower_file(busybox_root, tmp_path, mode):
     assert mode_up == (0o755 if ROOT else 0o4755)
     r = umlrun("run", *MODES[mode], "-r", lower, "--overlay", upper, "--", "stat", "-c", "%a", "/bin/suid")
     assert out_lines(r) == ["4755"]
+
+
+def test_host_setid_is_the_users_word(busybox_root, tmp_path):
+    """--host-setid: the user asks for the bits on the host files themselves."""
+    w = tmp_path / "w"
+    w.mkdir()
+    (w / "f").write_bytes(VICTIM)
+    r = umlrun("run", "--host-setid", "-r", busybox_root, "-b", f"{w}:/w", "--", "sh", "-c",
+               "chmod 4755 /w/f && stat -c %a /w/f")
+    assert out_lines(r) == ["4755"]
+    assert stat.S_IMODE(os.stat(w / "f").st_mode) == 0o4755

@@ -74,6 +74,7 @@ class JailConfig:
     trace_file: str | None = None
     setup: Callable | None = None        # called with the Kernel before the guest starts
     limits: Limits = field(default_factory=Limits)
+    host_setid: bool = False             # as root, let the guest's set-id bits reach host files
 
 
 class Jail:
@@ -104,7 +105,7 @@ class Jail:
             # upper layer, kept with --overlay DIR, else gone with the jail.
             upper = self._upper(lower)
             ovl = OverlayFS(lower.encode(), upper, self._dir("merged", 0o700), mt.aliases)
-            ovl.setid_in_store = os.geteuid() == 0  # as Kernel.chown_to: the guest runs as another host user
+            ovl.setid_in_store = os.geteuid() == 0 and not cfg.host_setid  # as Kernel.setid_in_store
             mt.add(b"/", upper, kind="overlay", overlay=ovl)
         # Private, writable, gone with the jail. /run also hides the host's sockets.
         mt.add(b"/tmp", self._dir("tmp", 0o1777), kind="tmpfs")
@@ -254,6 +255,7 @@ class Jail:
         self.kernel = k = Kernel(self.mounts, hostname=cfg.hostname.encode(), trap_all=cfg.trap_all,
                                  guest_host_uid=NOBODY if root else None,
                                  guest_host_gid=NOBODY if root else None)
+        k.setid_in_store = root and not cfg.host_setid
         net_tap.apply(k.table, cfg.net)
         jail_limits.apply(k.table, cfg.limits)
         self.procfs.k, k.procfs, k.devpts = k, self.procfs, self.devpts

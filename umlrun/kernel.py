@@ -143,6 +143,9 @@ class Kernel:
         # When the supervisor is real root the guest runs as an unprivileged host
         # user, and files it creates are handed to that user.
         self.chown_to = (guest_host_uid, guest_host_gid) if guest_host_uid is not None else None
+        # The guest's set-id bits live in the ownership store, not on host files
+        # (umlrun/syscalls/files.py split_setid): when root, unless --host-setid.
+        self.setid_in_store = self.chown_to is not None
         self.exit_status: int | None = None
         self.me = os.getpid()
         self.senders: dict[tuple[int, int], tuple[int, int]] = {}  # (host task, sig) -> (guest pid, uid)

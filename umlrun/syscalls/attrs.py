@@ -68,7 +68,7 @@ def _set_mode(k, mount, st, mode: int, host_chmod) -> None:
     is_dir = stat.S_ISDIR(st.st_mode)
     host_mode, setid = split_setid(k, mode, is_dir)
     host_chmod(host_mode)
-    if mount is not None and mount.store is not None and k.chown_to is not None and not is_dir:
+    if mount is not None and mount.store is not None and k.setid_in_store and not is_dir:
         mount.store.set_setid(st.st_ino, setid)
 
 

@@ -251,8 +251,9 @@ def split_setid(k, mode: int, is_dir: bool) -> tuple[int, int]:
     every jail's guests run as, or root's for a copy it made). So the guest's
     set-id bits on anything but a directory live in the store, and stat shows
     them from there. As a user, a set-id bit on the user's own file gives no one
-    more than the user has: it stays on the host file."""
-    if k.chown_to is None or is_dir:
+    more than the user has: it stays on the host file (and with --host-setid,
+    the user's word, also as root)."""
+    if not k.setid_in_store or is_dir:
         return mode, 0
     return mode & ~SETID_BITS, mode & SETID_BITS
 
