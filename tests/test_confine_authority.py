@@ -286,3 +286,35 @@ def test_host_setid_is_the_users_word(busybox_root, tmp_path):
                "chmod 4755 /w/f && stat -c %a /w/f")
     assert out_lines(r) == ["4755"]
     assert stat.S_IMODE(os.stat(w / "f").st_mode) == 0o4755
+
+
+XATTR_SCRIPT = """
+import os, struct
+caps = struct.pack('<IIIII', 0x02000001, 1 << 7, 0, 0, 0)  # VFS_CAP_REVISION_2, effective: cap_setuid
+for name, value in ((b'security.capability', caps), (b'trusted.umlrun', b'1'), (b'user.umlrun', b'1')):
+    for how, target in (('path', '/w/f'), ('fd', os.open('/w/f', os.O_RDONLY))):
+        try:
+            os.setxattr(target, name, value)
+            print(name.decode(), how, 'ok')
+        except OSError as e:
+            print(name.decode(), how, e.errno)
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_file_capabilities_never_reach_a_host_file(tmp_path, mode):
+    """security.capability (a file capability: what setcap sets) and trusted.*
+    set by the guest: EPERM as for a user's jail (the host kernel refuses them to
+    a user; a root supervisor refuses them itself), user.* works."""
+    if not os.path.exists("/usr/bin/python3"):
+        pytest.skip("the embedded default's python3 is needed")
+    w = tmp_path / "w"
+    w.mkdir()
+    (w / "f").write_bytes(VICTIM)
+    os.chmod(w / "f", 0o755)
+    r = umlrun("run", *MODES[mode], "-b", f"{w}:/w", "--", "/usr/bin/python3", "-c", XATTR_SCRIPT)
+    perm = str(1)  # EPERM
+    assert out_lines(r) == [f"security.capability path {perm}", f"security.capability fd {perm}",
+                            f"trusted.umlrun path {perm}", f"trusted.umlrun fd {perm}",
+                            "user.umlrun path ok", "user.umlrun fd ok"]
+    assert sorted(os.listxattr(w / "f")) == ["user.umlrun"]

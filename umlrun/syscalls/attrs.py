@@ -239,12 +239,23 @@ def _xattr_name(c: Call, i: int) -> bytes:
     return name
 
 
+def _xattr_to_change(c: Call, i: int) -> bytes:
+    """The name of an xattr to set or remove. A root supervisor (Kernel.setid_in_store)
+    would set security.* (file capabilities: a real privileged program, like a
+    set-id bit) and trusted.* on host files with its own authority: EPERM, what
+    the kernel answers a user's jail for them."""
+    name = _xattr_name(c, i)
+    if c.k.setid_in_store and name.startswith((b"security.", b"trusted.")):
+        raise SysError(errno.EPERM)
+    return name
+
+
 def _xattr_target(k, c: Call, follow: bool):
     return lookup(k, c, AT_FDCWD, c.path(0), follow=follow)
 
 
 def _set(k, c: Call, follow: bool):
-    name, size, flags = _xattr_name(c, 1), c.args[3], s32(c.args[4])
+    name, size, flags = _xattr_to_change(c, 1), c.args[3], s32(c.args[4])
     if size > XATTR_SIZE_MAX:
         raise SysError(errno.E2BIG)
     if flags & ~3:
@@ -279,7 +290,7 @@ def _list(k, c: Call, follow: bool):
 
 
 def _remove(k, c: Call, follow: bool):
-    name = _xattr_name(c, 1)
+    name = _xattr_to_change(c, 1)
     with _xattr_target(k, c, follow) as d:
         writable(d)
         os.removexattr(_proc_path(d.parent_fd, d.name), name, follow_symlinks=d.magic)
@@ -287,7 +298,7 @@ def _remove(k, c: Call, follow: bool):
 
 
 def sys_fsetxattr(k, c):
-    name, size, flags = _xattr_name(c, 1), c.args[3], s32(c.args[4])
+    name, size, flags = _xattr_to_change(c, 1), c.args[3], s32(c.args[4])
     if size > XATTR_SIZE_MAX:
         raise SysError(errno.E2BIG)
     value = c.read(c.args[2], size)
@@ -300,7 +311,7 @@ def sys_fsetxattr(k, c):
 
 
 def sys_fremovexattr(k, c):
-    name = _xattr_name(c, 1)
+    name = _xattr_to_change(c, 1)
     hostfd, _ = fd_to_change(k, c, s32(c.args[0]))
     try:
         os.removexattr(hostfd, name)
