@@ -298,6 +298,7 @@ def do_open(k, call: Call, dirfd: int, path: bytes, flags: int, mode: int, resol
         writes = acc != os.O_RDONLY or flags & os.O_TRUNC
         own = (d.held is not None and st is not None
                and reopen_held(d, os.O_RDONLY if flags & os.O_PATH else acc, bool(writes)))
+        st = d.st  # (the held object's own, when the reopen is of it)
         if d.mount.readonly and not flags & os.O_PATH and not own:
             if (creat and st is None) or tmpfile or acc != os.O_RDONLY or flags & os.O_TRUNC:
                 check_data_writable(d)
