@@ -62,8 +62,9 @@ def build_parser() -> Parser:
     r.add_argument("--cpu-seconds", type=_positive(float, "--cpu-seconds"), metavar="SECONDS",
                    help="kill the jail when its processes have used this much CPU time")
     r.add_argument("--host-setid", action="store_true",
-                   help="as root, put the set-id bits the guest sets on the host files themselves "
-                        "(default: kept in the ownership store, so no real set-id program is made)")
+                   help="as root, put the set-id bits (and security.*/trusted.* xattrs: file capabilities) "
+                        "the guest sets on the host files themselves (default: set-id bits kept in the "
+                        "ownership store, those xattrs EPERM, so no real privileged program is made)")
     r.add_argument("--trace-all", action="store_true",
                    help="trap every syscall with PTRACE_SYSEMU (UML's classic mode; slow, for teaching)")
     r.add_argument("--trace", metavar="FILE", help="write one line per trapped syscall to FILE (- for stderr)")
