@@ -114,13 +114,22 @@ class MountTable:
         alias = self.aliases.get(host)
         if alias is not None:
             return alias
+        place = self.host_place(host)
+        return None if place is None else place[1]
+
+    def host_place(self, host: bytes):
+        """(mount, guest path, in its lower layer?) of a host path by the longest
+        host prefix (a mount's own host root, or an overlay's lower root); None
+        outside all. Only a path: whether the guest's name reaches that very
+        object is for the caller to check (PathWalk.held_dentry)."""
         if not host.startswith(b"/"):  # pipe:[N], socket:[N], anon_inode:...
             return None
         if self._roots is None:
-            roots = [(r, r.rstrip(b"/") + b"/", m) for m in self.by_point.values()
-                     for r in ([m.host] + ([m.overlay.lower_path] if m.overlay is not None else []))]
+            roots = [(r, r.rstrip(b"/") + b"/", m, lower) for m in self.by_point.values()
+                     for r, lower in ([(m.host, False)]
+                                      + ([(m.overlay.lower_path, True)] if m.overlay is not None else []))]
             self._roots = sorted(roots, key=lambda rm: -len(rm[0]))  # the longest host prefix wins
-        for r, prefix, m in self._roots:
+        for r, prefix, m, lower in self._roots:
             if host.startswith(prefix) or host == r:
-                return m.guest + split(host[len(r):] if r != b"/" else host)
+                return m, m.guest + split(host[len(r):] if r != b"/" else host), lower
         return None

@@ -51,6 +51,10 @@ class OverlayFS:
         self.aliases = aliases                  # the mount table's: placeholder host path -> guest path
         self.guest = guest                      # where the overlay is mounted
         self.copied_up: set[tuple[int, int]] = set()  # (st_dev, st_ino) of lower objects copied up
+        # A root supervisor's copies carry no set-id bit on the host (the guest's
+        # ownership store keeps it: hostfs/ownership.py), so no copy made on the
+        # guest's behalf is a set-id program of the host.
+        self.setid_in_store = False
 
     # ---- the walk's side ---------------------------------------------------------
 
@@ -145,7 +149,7 @@ class OverlayFS:
                     dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=upper)
                     try:
                         _copy_data(src, dst, st.st_size)
-                        os.fchmod(dst, stat.S_IMODE(st.st_mode))
+                        os.fchmod(dst, self.copy_mode(st))
                         os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
                     finally:
                         os.close(dst)
@@ -156,7 +160,7 @@ class OverlayFS:
             elif stat.S_ISDIR(st.st_mode):
                 os.mkdir(tmp, stat.S_IMODE(st.st_mode), dir_fd=upper)
             else:  # fifos and sockets
-                os.mknod(tmp, st.st_mode, dir_fd=upper)
+                os.mknod(tmp, stat.S_IFMT(st.st_mode) | self.copy_mode(st), dir_fd=upper)
             os.rename(tmp, name, src_dir_fd=upper, dst_dir_fd=upper)
             self.copied_up.add((st.st_dev, st.st_ino))
         except BaseException:
@@ -168,6 +172,12 @@ class OverlayFS:
                     pass
             raise
         return upper
+
+    def copy_mode(self, st) -> int:
+        """The host mode of the upper copy of a lower object (st): its own, but
+        without set-id bits when they belong in the store."""
+        mode = stat.S_IMODE(st.st_mode)
+        return mode & ~0o6000 if self.setid_in_store else mode
 
     def lower_identity(self, h: OvlDir, name: bytes):
         """(st_dev, st_ino) of a directory's lower counterpart: a merged directory keeps

@@ -5,10 +5,17 @@ What the guest sets with chown, and the device nodes it makes with mknod
 (kept as empty regular files), are recorded here by inode number and shown in
 every stat-family answer and used in permission checks for non-root guests.
 
+When the supervisor is real root, the set-user-ID and set-group-ID bits the
+guest gives a file are kept here too, never on the host file: there they would
+make a real set-id program anyone on the host could run (files the guest makes
+belong to a host user every jail shares).
+
 The store lives at the root of the mount it describes (`.umlrun-owners`,
 hidden from the guest's path walk), one line per inode:
     ino uid gid [type rdev]
-where type is c or b for a device placeholder. It is read when the jail
+where type is c or b for a device placeholder, and a line
+    ino +bits
+for an inode's set-id bits (octal). It is read when the jail
 starts and written back atomically (temp file + rename) when it ends.
 """
 from __future__ import annotations
@@ -17,6 +24,7 @@ import os
 import stat
 
 STORE_NAME = b".umlrun-owners"
+SETID_BITS = stat.S_ISUID | stat.S_ISGID
 _TYPES = {"c": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO, "s": stat.S_IFSOCK}
 _NAMES = {v: k for k, v in _TYPES.items()}
 
@@ -37,6 +45,7 @@ class OwnershipStore:
         self.dir_fd = dir_fd          # the mount's root; None: in memory only (throwaway mounts)
         self.label = label
         self.entries: dict[int, Entry] = {}
+        self.setid: dict[int, int] = {}  # ino -> S_ISUID|S_ISGID the guest set (root supervisor only)
         self.dirty = False
         if dir_fd is not None:
             self._load()
@@ -52,6 +61,9 @@ class OwnershipStore:
             for n, line in enumerate(f, 1):
                 parts = line.split()
                 try:
+                    if len(parts) == 2 and parts[1].startswith("+"):
+                        self.setid[int(parts[0])] = int(parts[1][1:], 8) & SETID_BITS
+                        continue
                     ino, uid, gid = int(parts[0]), int(parts[1]), int(parts[2])
                     kind = _TYPES[parts[3]] if len(parts) > 3 else 0
                     rdev = int(parts[4]) if len(parts) > 4 else 0
@@ -70,6 +82,8 @@ class OwnershipStore:
             for ino, e in sorted(self.entries.items()):
                 kind = f" {_NAMES[e.kind]} {e.rdev}" if e.kind else ""
                 f.write(f"{ino} {e.uid} {e.gid}{kind}\n")
+            for ino, bits in sorted(self.setid.items()):
+                f.write(f"{ino} +{bits:o}\n")
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, STORE_NAME, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
@@ -93,8 +107,22 @@ class OwnershipStore:
             self.entries[st.st_ino] = new
         self.dirty = True
 
-    def created(self, ino: int, uid: int, gid: int, kind: int = 0, rdev: int = 0) -> None:
+    def setid_of(self, ino: int, upper: bool = True) -> int:
+        """The set-id bits the guest gave this inode that its host file does not carry."""
+        return self.setid.get(ino, 0)
+
+    def set_setid(self, ino: int, bits: int) -> None:
+        bits &= SETID_BITS
+        if bits != self.setid.get(ino, 0):
+            if bits:
+                self.setid[ino] = bits
+            else:
+                del self.setid[ino]
+            self.dirty = True
+
+    def created(self, ino: int, uid: int, gid: int, kind: int = 0, rdev: int = 0, setid: int = 0) -> None:
         """A new inode: forget whatever a former inode of that number had."""
+        self.set_setid(ino, setid)
         if uid or gid or kind:
             self.entries[ino] = Entry(uid, gid, kind, rdev)
             self.dirty = True
@@ -108,6 +136,8 @@ class OwnershipStore:
         last = stat.S_ISDIR(st.st_mode) or st.st_nlink <= 1
         if last and self.entries.pop(st.st_ino, None) is not None:
             self.dirty = True
+        if last:
+            self.set_setid(st.st_ino, 0)
 
 
 class LayeredStore(OwnershipStore):
@@ -122,8 +152,13 @@ class LayeredStore(OwnershipStore):
     def get(self, ino: int, upper: bool = True) -> Entry | None:
         return self.entries.get(ino) if upper else self.lower.get(ino)
 
-    def copied_up(self, lower_ino: int, upper_ino: int) -> None:
+    def setid_of(self, ino: int, upper: bool = True) -> int:
+        return self.setid.get(ino, 0) if upper else self.lower.setid_of(ino)
+
+    def copied_up(self, lower_ino: int, upper_ino: int, setid: int = 0) -> None:
+        """setid: set-id bits the copy did not get on the host (see OverlayFS.setid_in_store)."""
         e = self.lower.get(lower_ino)
         if e is not None:
             self.entries[upper_ino] = Entry(e.uid, e.gid, e.kind, e.rdev)
             self.dirty = True
+        self.set_setid(upper_ino, setid | self.lower.setid_of(lower_ino))

@@ -52,7 +52,7 @@ class Dentry:
     the walk opened are closed by close() (use it as a context manager)."""
 
     __slots__ = ("parent_fd", "name", "comps", "mount", "st", "_owned", "magic", "dir_handle", "self_handle",
-                 "cleared_whiteout")
+                 "cleared_whiteout", "held", "access")
 
     def __init__(self, parent_fd, name, comps, mount, st, owned, magic=False, dir_handle=None,
                  self_handle=None):
@@ -62,6 +62,11 @@ class Dentry:
         self.dir_handle = dir_handle    # overlay: the OvlDir holding the name (for copy-up)
         self.self_handle = self_handle  # overlay: the OvlDir of the object itself, when it is the mount root
         self.cleared_whiteout = False   # overlay: creating this name removed a whiteout
+        # Reached through a magic link: (the supervisor's descriptor of the object,
+        # an O_PATH one of /proc/self/fd to reach it by), and the access mode of
+        # the guest's open file (O_RDONLY/O_WRONLY/O_RDWR; None when unknown).
+        self.held = None
+        self.access = None
 
     @property
     def in_upper(self) -> bool:
@@ -85,6 +90,14 @@ class Dentry:
     @property
     def guest_path(self) -> bytes:
         return join(self.comps)
+
+    def use_held(self) -> None:
+        """Act on the held object itself (reached by following /proc/self/fd/H), not on a name."""
+        lower = not self.in_upper  # still says which layer's ownership applies
+        self.parent_fd, self.name = self.held[1], b"%d" % self.held[0]
+        self.magic, self.self_handle = True, None
+        self.dir_handle = OvlDir(None, None, ()) if lower else None
+        self.st = os.fstat(self.held[0])
 
     def close(self) -> None:
         for fd in self._owned:
@@ -263,9 +276,13 @@ class PathWalk:
                 if links > MAX_LINKS:
                     raise WalkError(errno.ELOOP)
                 if fs is not None and last:
-                    magic = fs.magic(tuple(comps[len(here.guest):]), c)
-                    if magic is not None:
-                        return self._magic_dentry(magic, child, owned)
+                    take = fs.magic(tuple(comps[len(here.guest):]), c)
+                    if take is not None:
+                        try:
+                            fd, access = take()
+                        except OSError as e:
+                            raise WalkError(e.errno) from None
+                        return self.held_dentry(fd, access, child, owned)
                 target = os.readlink(c, dir_fd=where)
                 if not target:
                     raise WalkError(errno.ENOENT)
@@ -290,9 +307,94 @@ class PathWalk:
             comps = list(child)
         return self._dir_dentry(tuple(comps), owned, caller)
 
+    def held_dentry(self, fd: int, access, comps: tuple = (), owned: list[int] | None = None) -> Dentry:
+        """The object behind our descriptor fd, taken once from a guest (what a
+        /proc magic link reaches, or what fchmod acts on), as a Dentry that owns fd.
+
+        It is never looked up again by a name the guest could change: where it
+        lies is decided on it, and the rules are those a walk by name applies.
+        The kernel's path for fd names a mount and a layer; the guest's name
+        there must reach this very object (dev, ino), else the object is not the
+        guest's (a host file the user redirected into the jail, one hidden by a
+        guest mount, one no name shows any more) and its mount is MAGIC_MOUNT.
+          - In an overlay's lower layer: the Dentry of the guest's name, so a
+            change copies it up first and acts on the copy (as overlayfs does).
+          - Elsewhere in a guest mount: the held object with that mount's rules
+            (EROFS on a read-only one).
+          - Outside: the held object; never changed, never reopened with more
+            access than the guest's own descriptor (umlrun/syscalls/files.py).
+        held and access stay set on what is returned (Dentry.use_held)."""
+        if owned is None:  # not inside a walk: close fd if this fails
+            owned = []
+            try:
+                return self.held_dentry(fd, access, comps, owned)
+            except BaseException:
+                for f in owned:
+                    os.close(f)
+                raise
+        owned.append(fd)
+        try:
+            selfdir = os.open(b"/proc/self/fd", O_DIRPATH)
+            owned.append(selfdir)
+            st = os.fstat(fd)
+            host = os.readlink(b"/proc/self/fd/%d" % fd)
+        except OSError as e:
+            raise WalkError(e.errno) from None
+        mount, guest, named = self._place_held(st, host, comps)
+        if named is not None:  # the by-name Dentry: it owns the held descriptors too
+            named._owned = named._owned + owned
+            d = named
+        else:
+            d = Dentry(selfdir, b"%d" % fd, guest, mount, st, owned, magic=True)
+        d.held, d.access = (fd, selfdir), access
+        return d
+
+    def _place_held(self, st, host: bytes, comps: tuple):
+        """held_dentry's decision: (mount, guest path, the by-name Dentry to act
+        on or None to act on the held object); MAGIC_MOUNT when no guest name
+        reaches the object."""
+        outside = MAGIC_MOUNT, comps, None
+        deleted = host.endswith(b" (deleted)")
+        path = host[:-len(b" (deleted)")] if deleted else host
+        alias = self.mounts.aliases.get(path)
+        if alias is not None and not deleted:  # our stand-in for a guest object: the object by its name
+            named = self._by_name(alias)
+            return outside if named is None else (named.mount, alias, named)
+        place = self.mounts.host_place(path)
+        if place is None:
+            return outside
+        m, guest, lower = place
+        if self.mounts.containing(guest) is not m:
+            return outside  # a host object where the guest sees one of its own mounts
+        if m.fs is not None or (deleted and not lower):
+            # A guest filesystem's own file, or a deleted one of a writable layer
+            # or bind: it was the guest's, and its path says where it lay.
+            return m, guest, None
+        named = None if deleted else self._by_name(guest)
+        if named is None or named.mount is not m:
+            if named is not None:
+                named.close()
+            return outside
+        ident = (st.st_dev, st.st_ino)
+        if (named.st.st_dev, named.st.st_ino) == ident:
+            if lower or stat.S_ISDIR(st.st_mode):
+                return m, guest, named  # lower: a change copies it up; a directory may be a merged one
+            named.close()
+            return m, guest, None
+        if lower and _lower_ident(named) == ident:
+            return m, guest, named  # copied up since: the guest's name shows the copy, as on overlayfs
+        named.close()
+        return outside
+
+    def _by_name(self, guest: tuple):
+        try:
+            return self.walk(join(guest), follow=False)
+        except (WalkError, OSError):
+            return None
+
     def _magic_dentry(self, magic, comps: tuple, owned: list[int]) -> Dentry:
-        """A /proc magic link: the object a guest descriptor holds, reached through
-        the host's own /proc/PID/fd/N (so a pipe or a deleted file is reachable too)."""
+        """An object a guest filesystem holds open for the supervisor (devpts'
+        nodes), reached through /proc/self/fd/N of the supervisor's own descriptor."""
         host_dir, name = magic
         try:
             dfd = os.open(host_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -337,11 +439,12 @@ def prepare_write(d: Dentry) -> None:
     ovl = d.mount.overlay
     if ovl is None or d.st is None or d.in_upper or d.magic:
         return
-    lower_ino = d.st.st_ino
+    lower = d.st
     d.parent_fd = ovl.copy_up(d.dir_handle, d.name, d.st, d._owned)
     d.st = os.stat(d.name, dir_fd=d.parent_fd, follow_symlinks=False)
     if hasattr(d.mount.store, "copied_up"):
-        d.mount.store.copied_up(lower_ino, d.st.st_ino)
+        kept = stat.S_IMODE(lower.st_mode) & ~ovl.copy_mode(lower) if not stat.S_ISDIR(lower.st_mode) else 0
+        d.mount.store.copied_up(lower.st_ino, d.st.st_ino, kept)
 
 
 def prepare_create(d: Dentry) -> bool:
@@ -378,6 +481,18 @@ def remove(d: Dentry, is_dir: bool) -> None:
             pass
     if ovl.in_lower(h, d.name):
         ovl.whiteout(upper, d.name)
+
+
+def _lower_ident(d: Dentry):
+    """(dev, ino) of what the lower layer holds under d's name, or None."""
+    h = d.dir_handle
+    if h is None or isinstance(h, int) or h.lower is None:
+        return None
+    try:
+        st = os.stat(d.name, dir_fd=h.lower, follow_symlinks=False)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _rmtree_at(dirfd: int, name: bytes) -> None:

@@ -15,6 +15,7 @@ status are the guest's; a program run by its ELF loader shows its own name.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import stat
@@ -109,18 +110,21 @@ class ProcFS:
         return None  # every entry is a real file or link in the host directory
 
     def magic(self, rel: tuple, name: bytes):
-        """(host directory, name) behind a magic link, or None for a plain one."""
+        """For a magic link, a function taking the object behind it once:
+        take() -> (our descriptor of it, the guest open file's access mode or
+        None); None for a plain link."""
         if not rel or not rel[0].isdigit():
             return None
         proc = self.k.procs.live(int(rel[0]))
         if proc is None:
             return None
         if len(rel) == 2 and rel[1] == b"fd" and name.isdigit():
-            return b"/proc/%d/fd" % proc.tgid, name
+            return lambda: hold_guest_fd(proc, int(name))
         if len(rel) == 1 and name == b"exe":
             if proc.extra.get("exe"):
                 return None  # run by its ELF loader: the plain link names the program
-            return b"/proc/%d" % proc.tgid, b"exe"
+            # The program it runs: the process may already read it (it has it mapped).
+            return lambda: (os.open(b"/proc/%d/exe" % proc.tgid, os.O_PATH | os.O_CLOEXEC), os.O_RDONLY)
         return None
 
     # ---- content ---------------------------------------------------------------
@@ -372,6 +376,20 @@ class ProcFS:
         except OSError:
             pass
         os.symlink(target, path)
+
+
+def hold_guest_fd(proc, n: int):
+    """(our descriptor, access mode) of what guest descriptor n holds, taken once,
+    so a second guest thread swapping n (dup2 runs natively) changes nothing after:
+    a copy of the guest's open file itself (pidfd_getfd), whose mode says what the
+    guest may already do with it; for one pidfd_getfd refuses (O_PATH), the object
+    through /proc/PID/fd/N, access unknown (None). ENOENT when there is no fd n."""
+    from sysemu.platform import GuestFault, pidfd_getfd
+    try:
+        fd = pidfd_getfd(proc.get_pidfd(), n)
+    except (GuestFault, OSError):
+        return os.open(b"/proc/%d/fd/%d" % (proc.tid, n), os.O_PATH | os.O_CLOEXEC), None
+    return fd, fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
 
 
 STATE_NAMES = {b"T": b"T (stopped)", b"R": b"R (running)"}

@@ -61,6 +61,10 @@ def build_parser() -> Parser:
                    help="kill the jail when its resident memory passes BYTES (suffixes K, M, G)")
     r.add_argument("--cpu-seconds", type=_positive(float, "--cpu-seconds"), metavar="SECONDS",
                    help="kill the jail when its processes have used this much CPU time")
+    r.add_argument("--host-setid", action="store_true",
+                   help="as root, put the set-id bits (and security.*/trusted.* xattrs: file capabilities) "
+                        "the guest sets on the host files themselves (default: set-id bits kept in the "
+                        "ownership store, those xattrs EPERM, so no real privileged program is made)")
     r.add_argument("--trace-all", action="store_true",
                    help="trap every syscall with PTRACE_SYSEMU (UML's classic mode; slow, for teaching)")
     r.add_argument("--trace", metavar="FILE", help="write one line per trapped syscall to FILE (- for stderr)")
@@ -115,7 +119,7 @@ def cmd_run(args) -> int:
                     env[name] = os.environ[name]
         cfg = JailConfig(argv=argv, rootfs=rootfs, binds=[Bind.parse(b) for b in args.bind], cwd=args.cwd,
                          env=env, hostname=args.hostname, net=args.net, rw=args.rw, overlay=args.overlay,
-                         trap_all=args.trace_all, trace_file=args.trace,
+                         trap_all=args.trace_all, trace_file=args.trace, host_setid=args.host_setid,
                          limits=Limits(timeout=args.timeout, max_pids=args.max_pids, memory=args.memory,
                                        cpu_seconds=args.cpu_seconds))
         return run_jail(cfg)

@@ -104,7 +104,7 @@ class FastPath:
         magic links, device placeholders, and overlay directories of the upper
         layer (shown with their lower identity: more than the host's stat)."""
         proc = call.proc
-        if (not self.enabled or d.st is None or d.magic or d.mount.fs is not None or d.mount.kind == "magic"
+        if (not self.enabled or d.st is None or d.magic or d.held is not None or d.mount.fs is not None or d.mount.kind == "magic"
                 or proc.fs.root != () or proc.cred.fsuid != 0 or not path
                 or (dirfd != AT_FDCWD and not path.startswith(b"/"))):
             return
@@ -133,8 +133,8 @@ class FastPath:
             return None
         store = mount.store if mount is not None else None
         e = store.get(ino, upper) if store is not None else None
-        if e is not None and e.kind:
-            return None
+        if (e is not None and e.kind) or (store is not None and store.setid_of(ino, upper)):
+            return None  # the store adds to the host's stat: a type, or set-id bits
         owner = (e.uid, e.gid) if e is not None else (-1, -1)
         lib.sysemu_fast_object(dev, ino, *owner)
         return owner

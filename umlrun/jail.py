@@ -76,6 +76,7 @@ class JailConfig:
     trace_file: str | None = None
     setup: Callable | None = None        # called with the Kernel before the guest starts
     limits: Limits = field(default_factory=Limits)
+    host_setid: bool = False             # as root, let the guest's set-id bits reach host files
 
 
 class Jail:
@@ -107,6 +108,7 @@ class Jail:
             # upper layer, kept with --overlay DIR, else gone with the jail.
             upper = self._upper(lower)
             ovl = OverlayFS(lower.encode(), upper, self._dir("merged", 0o700), mt.aliases)
+            ovl.setid_in_store = os.geteuid() == 0 and not cfg.host_setid  # as Kernel.setid_in_store
             mt.add(b"/", upper, kind="overlay", overlay=ovl)
         # Private, writable, gone with the jail. /run also hides the host's sockets.
         mt.add(b"/tmp", self._dir("tmp", 0o1777), kind="tmpfs")
@@ -264,6 +266,7 @@ class Jail:
                                  guest_host_gid=self.ids.gid if self.ids else None)
         if self.ids is not None:
             k.own_uids, k.own_gids = hostids.OwnIds(k.own_uids), hostids.OwnIds(k.own_gids)
+        k.setid_in_store = self.ids is not None and not cfg.host_setid
         net_tap.apply(k.table, cfg.net)
         jail_limits.apply(k.table, cfg.limits)
         self.procfs.k, k.procfs, k.devpts = k, self.procfs, self.devpts

@@ -146,6 +146,9 @@ class Kernel:
         # When the supervisor is real root the guest runs as an unprivileged host
         # user, and files it creates are handed to that user.
         self.chown_to = (guest_host_uid, guest_host_gid) if guest_host_uid is not None else None
+        # The guest's set-id bits live in the ownership store, not on host files
+        # (umlrun/syscalls/files.py split_setid): when root, unless --host-setid.
+        self.setid_in_store = self.chown_to is not None
         self.exit_status: int | None = None
         self.me = os.getpid()
         self.senders: dict[tuple[int, int], tuple[int, int]] = {}  # (host task, sig) -> (guest pid, uid)
@@ -600,9 +603,15 @@ class Kernel:
 
     # ---- helpers for handlers ------------------------------------------------------------
 
-    def open_blocking(self, call: Call, parent_fd: int, name: bytes, hostflags: int, cloexec: int):
-        """Open something that may block (a FIFO) on a worker thread, answering from there."""
+    def open_blocking(self, call: Call, parent_fd: int, name: bytes, hostflags: int, cloexec: int,
+                      held: int | None = None):
+        """Open something that may block (a FIFO) on a worker thread, answering from there.
+        held: the object is our descriptor `held`, reached as /proc/self/fd/<name>."""
         dfd = os.dup(parent_fd)  # the walk's descriptors close when the handler returns
+        keep = None
+        if held is not None:
+            keep = os.dup(held)
+            name = b"%d" % keep
         platform, nid = self.platform, call.id
 
         def work():
@@ -613,6 +622,8 @@ class Kernel:
                 return
             finally:
                 os.close(dfd)
+                if keep is not None:
+                    os.close(keep)
             r = platform.install_fd(nid, fd, bool(cloexec))
             os.close(fd)
             if r < 0:

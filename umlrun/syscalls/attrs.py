@@ -19,12 +19,12 @@ from umlrun.syscalls.files import (
     AT_FDCWD,
     AT_SYMLINK_NOFOLLOW,
     fd_dentry,
-    fd_mount,
     fd_to_change,
     lookup,
     owner,
     s32,
     s64,
+    split_setid,
     writable,
 )
 from umlrun.syscalls.namespace import _host_call
@@ -56,8 +56,20 @@ def do_chmod(k, c: Call, dirfd: int, path: bytes, mode: int, flags: int) -> int:
         if stat.S_ISLNK(d.st.st_mode):
             raise SysError(errno.EOPNOTSUPP)
         writable(d)
-        _host_call(452, d.parent_fd, d.name, mode & 0o7777, d.nofollow)  # fchmodat2
+        _set_mode(k, d.mount, d.st, mode & 0o7777,
+                  lambda m: _host_call(452, d.parent_fd, d.name, m, d.nofollow))  # fchmodat2
     return 0
+
+
+def _set_mode(k, mount, st, mode: int, host_chmod) -> None:
+    """chmod of an object already made writable (in an upper layer or a bind):
+    the host file gets the mode, less the set-id bits that belong in the
+    ownership store when the supervisor is root (files.split_setid)."""
+    is_dir = stat.S_ISDIR(st.st_mode)
+    host_mode, setid = split_setid(k, mode, is_dir)
+    host_chmod(host_mode)
+    if mount is not None and mount.store is not None and k.setid_in_store and not is_dir:
+        mount.store.set_setid(st.st_ino, setid)
 
 
 def sys_chmod(k, c):
@@ -75,9 +87,9 @@ def sys_fchmodat2(k, c):
 
 
 def sys_fchmod(k, c):
-    hostfd = fd_to_change(k, c, s32(c.args[0]))
+    hostfd, mount = fd_to_change(k, c, s32(c.args[0]))
     try:
-        os.fchmod(hostfd, s32(c.args[1]) & 0o7777)
+        _set_mode(k, mount, os.fstat(hostfd), s32(c.args[1]) & 0o7777, lambda m: os.fchmod(hostfd, m))
     finally:
         os.close(hostfd)
     return 0
@@ -88,9 +100,10 @@ def _chown(k, c: Call, mount, st, uid: int, gid: int, chmod) -> None:
     set-user-ID bit, and its set-group-ID bit when it is group-executable."""
     default = owner(k, None, st)  # the host-derived owner (after copy-up, st is the upper copy)
     mount.store.chown(st, -1 if uid == UNSET else uid, -1 if gid == UNSET else gid, *default)
-    if stat.S_ISREG(st.st_mode) and st.st_mode & 0o6000:
-        drop = stat.S_ISUID | (stat.S_ISGID if st.st_mode & stat.S_IXGRP else 0)
-        chmod(stat.S_IMODE(st.st_mode) & ~drop)
+    mode = stat.S_IMODE(st.st_mode) | mount.store.setid_of(st.st_ino)
+    if stat.S_ISREG(st.st_mode) and mode & 0o6000:
+        drop = stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0)
+        _set_mode(k, mount, st, mode & ~drop, chmod)
 
 
 def do_chown(k, c: Call, dirfd: int, path: bytes, uid: int, gid: int, flags: int) -> int:
@@ -123,9 +136,8 @@ def sys_fchownat(k, c):
 def sys_fchown(k, c):
     if c.proc.cred.euid != 0:
         raise SysError(errno.EPERM)
-    hostfd = fd_to_change(k, c, s32(c.args[0]))
+    hostfd, mount = fd_to_change(k, c, s32(c.args[0]))
     try:
-        mount = fd_mount(k, hostfd)
         if mount is None:  # a pipe or a socket: no ownership store holds it
             raise SysError(errno.EPERM)
         _chown(k, c, mount, os.fstat(hostfd), c.args[1] & UNSET, c.args[2] & UNSET,
@@ -167,7 +179,7 @@ def do_utimens(k, c: Call, dirfd: int, path: bytes | None, times: bytes | None, 
             return 0
     tbuf = times if times is not None else 0
     if path is None:  # futimens: the descriptor itself
-        hostfd = fd_to_change(k, c, dirfd)
+        hostfd, _ = fd_to_change(k, c, dirfd)
         try:
             _host_call(280, hostfd, 0, tbuf, 0)
         finally:
@@ -210,7 +222,7 @@ def sys_truncate(k, c):
         writable(d)
         if not stat.S_ISREG(d.st.st_mode):
             raise SysError(errno.EINVAL)
-        fd = os.open(d.name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=d.parent_fd)
+        fd = os.open(d.name, os.O_WRONLY | d.o_nofollow | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=d.parent_fd)
     try:
         os.ftruncate(fd, length)
     finally:
@@ -227,12 +239,23 @@ def _xattr_name(c: Call, i: int) -> bytes:
     return name
 
 
+def _xattr_to_change(c: Call, i: int) -> bytes:
+    """The name of an xattr to set or remove. A root supervisor (Kernel.setid_in_store)
+    would set security.* (file capabilities: a real privileged program, like a
+    set-id bit) and trusted.* on host files with its own authority: EPERM, what
+    the kernel answers a user's jail for them."""
+    name = _xattr_name(c, i)
+    if c.k.setid_in_store and name.startswith((b"security.", b"trusted.")):
+        raise SysError(errno.EPERM)
+    return name
+
+
 def _xattr_target(k, c: Call, follow: bool):
     return lookup(k, c, AT_FDCWD, c.path(0), follow=follow)
 
 
 def _set(k, c: Call, follow: bool):
-    name, size, flags = _xattr_name(c, 1), c.args[3], s32(c.args[4])
+    name, size, flags = _xattr_to_change(c, 1), c.args[3], s32(c.args[4])
     if size > XATTR_SIZE_MAX:
         raise SysError(errno.E2BIG)
     if flags & ~3:
@@ -267,7 +290,7 @@ def _list(k, c: Call, follow: bool):
 
 
 def _remove(k, c: Call, follow: bool):
-    name = _xattr_name(c, 1)
+    name = _xattr_to_change(c, 1)
     with _xattr_target(k, c, follow) as d:
         writable(d)
         os.removexattr(_proc_path(d.parent_fd, d.name), name, follow_symlinks=d.magic)
@@ -275,11 +298,11 @@ def _remove(k, c: Call, follow: bool):
 
 
 def sys_fsetxattr(k, c):
-    name, size, flags = _xattr_name(c, 1), c.args[3], s32(c.args[4])
+    name, size, flags = _xattr_to_change(c, 1), c.args[3], s32(c.args[4])
     if size > XATTR_SIZE_MAX:
         raise SysError(errno.E2BIG)
     value = c.read(c.args[2], size)
-    hostfd = fd_to_change(k, c, s32(c.args[0]))
+    hostfd, _ = fd_to_change(k, c, s32(c.args[0]))
     try:
         os.setxattr(hostfd, name, value, flags)
     finally:
@@ -288,8 +311,8 @@ def sys_fsetxattr(k, c):
 
 
 def sys_fremovexattr(k, c):
-    name = _xattr_name(c, 1)
-    hostfd = fd_to_change(k, c, s32(c.args[0]))
+    name = _xattr_to_change(c, 1)
+    hostfd, _ = fd_to_change(k, c, s32(c.args[0]))
     try:
         os.removexattr(hostfd, name)
     finally:

@@ -23,8 +23,17 @@ import errno
 import os
 import stat
 
+from hostfs.pathwalk import MAGIC_MOUNT
 from umlrun.kernel import Call, SysError
-from umlrun.syscalls.files import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW, lookup, permitted, s32
+from umlrun.syscalls.files import (
+    AT_EMPTY_PATH,
+    AT_FDCWD,
+    AT_SYMLINK_NOFOLLOW,
+    lookup,
+    permitted,
+    s32,
+    within_own_access,
+)
 
 EXEC_FD_NR = 0x3FF0          # private number, only ever produced by step 1
 NR_EXECVE, NR_EXECVEAT = 59, 322
@@ -44,6 +53,10 @@ class PreparedExec:
 def _open_program(k, c: Call, dirfd: int, path: bytes, follow: bool):
     """Resolve and open a program; returns (fd, first bytes of the file, guest path)."""
     with lookup(k, c, dirfd, path, follow=follow) as d:
+        if d.held is not None:  # /proc/self/fd/N, /proc/self/exe: the very file the descriptor holds
+            if d.mount is MAGIC_MOUNT and not within_own_access(d, os.O_RDONLY, False):
+                raise SysError(errno.EACCES)  # a host file the guest may not read: not through us either
+            d.use_held()
         st = d.st
         if stat.S_ISLNK(st.st_mode):
             raise SysError(errno.ELOOP)

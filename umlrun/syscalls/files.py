@@ -12,7 +12,9 @@ import os
 import stat
 
 from hostfs.devpts import PTMX_RDEV
+from hostfs.ownership import SETID_BITS
 from hostfs.pathwalk import MAGIC_MOUNT, prepare_create, prepare_write
+from hostfs.procfs import hold_guest_fd
 from sysemu._sysemu import ffi, lib
 from umlrun.fastpath import O_WRITES
 from umlrun.kernel import Call, InstallFd, SysError
@@ -161,20 +163,34 @@ def check_writable(d) -> None:
         raise SysError(errno.EROFS)
 
 
-def check_reopen(d, acc: int) -> None:
-    """Reopening, through /proc/PID/fd/N, an object outside every guest mount:
-    never with more access than descriptor N has (a file the user let the guest
-    read must not become writable because the supervisor opens it)."""
-    if acc == os.O_RDONLY or d.st is None or not stat.S_ISREG(d.st.st_mode):
-        return  # pipes, sockets and terminals are the guest's own channels
-    try:
-        with open(os.open(b"../fdinfo/" + d.name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=d.parent_fd), "rb") as f:
-            info = f.read()
-    except OSError:
-        raise SysError(errno.EACCES) from None
-    flags = next((int(line.split()[1], 8) for line in info.splitlines() if line.startswith(b"flags:")), 0)
-    if flags & os.O_ACCMODE == os.O_RDONLY:
+def within_own_access(d, acc: int, trunc: bool) -> bool:
+    """Does the guest's own open file behind a magic link (d.access) already give
+    the access this reopen asks for? Then the reopen grants nothing new."""
+    if d.access is None:
+        return False
+    has_read, has_write = d.access in (os.O_RDONLY, os.O_RDWR), d.access in (os.O_WRONLY, os.O_RDWR)
+    wants_read, wants_write = acc in (os.O_RDONLY, os.O_RDWR, 3), acc != os.O_RDONLY or trunc
+    return (has_read or not wants_read) and (has_write or not wants_write)
+
+
+def reopen_held(d, acc: int, trunc: bool) -> bool:
+    """A reopen through a magic link (/proc/PID/fd/N, /dev/stdin): of the object
+    the walk took from the guest's descriptor once (d.held), never of a name.
+
+    A reopen within what the guest's own descriptor allows goes to that object
+    itself: nothing new is granted (`cmd >> log` and `echo > /dev/stdout`).
+    Anything more follows the rules of the object's place (d.mount): copy-up in an
+    overlay's lower layer, EROFS on a read-only mount, and EACCES outside every
+    guest mount (a host file the user handed in): the supervisor, whatever its
+    own authority, never opens it with more than the guest was given. Pipes and
+    sockets are the guest's own channels. Returns whether d is the held object."""
+    within = within_own_access(d, acc, trunc)
+    if within and not stat.S_ISDIR(d.st.st_mode):  # (a directory is opened by its name: merged listings)
+        d.use_held()
+        return True
+    if not within and d.mount is MAGIC_MOUNT and stat.S_IFMT(d.st.st_mode) not in (stat.S_IFIFO, stat.S_IFSOCK):
         raise SysError(errno.EACCES)
+    return False
 
 
 def check_data_writable(d) -> None:
@@ -200,53 +216,56 @@ def place_of(k, host: bytes):
     return mount, upper
 
 
-def fd_mount(k, hostfd: int):
-    """The mount a host descriptor lives in, or None when it is outside every mount."""
-    return place_of(k, host_path_of_fd(hostfd))[0]
+def fd_to_change(k, c: Call, fd: int):
+    """(a host descriptor, its mount) through which fchmod/fchown/futimens/fsetxattr
+    change the object guest descriptor `fd` holds (the caller closes it).
 
-
-def fd_to_change(k, c: Call, fd: int) -> int:
-    """A host descriptor through which fchmod/fchown/futimens/fsetxattr may change
-    the object guest descriptor `fd` holds (the caller closes it).
-
-    EROFS on a read-only mount; EPERM for a file outside every guest mount (one
-    the guest inherited). A descriptor on an overlay's lower layer is the lower
-    file itself: the object is copied up first, as Linux's overlayfs does, and
-    the change goes to the upper copy (the descriptor keeps reading the lower
-    one, as on Linux). Pipes and sockets are the guest's own: changed in place."""
+    The object is taken once (a copy of the guest's descriptor) and placed by
+    PathWalk.held_dentry: EROFS on a read-only mount; EPERM for a file outside
+    every guest mount (one the guest inherited: the supervisor must not change
+    it on the guest's behalf); one in an overlay's lower layer is copied up
+    first, as Linux's overlayfs does, and the change goes to the upper copy (the
+    descriptor keeps reading the lower one, as on Linux). Pipes and sockets are
+    the guest's own: changed in place (mount None)."""
     hostfd = k.guest_fd(c, fd)
     try:
         host = host_path_of_fd(hostfd)
-        if host.startswith((b"pipe:", b"socket:")):
-            return hostfd
-        m, upper = place_of(k, host)
-        if m is None:
-            raise SysError(errno.EPERM)
-        if m.readonly:
-            raise SysError(errno.EROFS)
-        if upper:
-            return hostfd
-        with fd_dentry(k, c, fd) as d:
-            writable(d)  # copy-up
-            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
-            os.close(hostfd)
-            return os.open(d.name, flags, dir_fd=d.parent_fd)
-    except BaseException:
-        try:
-            os.close(hostfd)
-        except OSError:
-            pass
-        raise
+    except OSError:
+        os.close(hostfd)
+        raise SysError(errno.EBADF) from None
+    if host.startswith((b"pipe:", b"socket:")):
+        return hostfd, None
+    with k.vfs.held_dentry(hostfd, None) as d:
+        writable(d)  # EPERM, EROFS, or copy-up
+        if d.magic:
+            return os.dup(d.held[0]), d.mount
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+        return os.open(d.name, flags, dir_fd=d.parent_fd), d.mount
 
 
-def give_to_guest(k, call: Call, d, kind: int = 0, rdev: int = 0) -> None:
+def split_setid(k, mode: int, is_dir: bool) -> tuple[int, int]:
+    """(the mode for the host file, the set-id bits for the ownership store).
+
+    A real-root supervisor has more authority than the user asked for: a set-id
+    bit it leaves on a host file makes a real set-id program (of the host user
+    every jail's guests run as, or root's for a copy it made). So the guest's
+    set-id bits on anything but a directory live in the store, and stat shows
+    them from there. As a user, a set-id bit on the user's own file gives no one
+    more than the user has: it stays on the host file (and with --host-setid,
+    the user's word, also as root)."""
+    if not k.setid_in_store or is_dir:
+        return mode, 0
+    return mode & ~SETID_BITS, mode & SETID_BITS
+
+
+def give_to_guest(k, call: Call, d, kind: int = 0, rdev: int = 0, setid: int = 0) -> None:
     """A name the supervisor just created for the guest: on the host it belongs to
     the guest's host user; in the guest, to the creating guest user."""
     if k.chown_to is not None:
         os.chown(d.name, *k.chown_to, dir_fd=d.parent_fd, follow_symlinks=False)
     cred = call.proc.cred
     ino = os.stat(d.name, dir_fd=d.parent_fd, follow_symlinks=False).st_ino
-    d.mount.store.created(ino, cred.fsuid, cred.fsgid, kind, rdev)
+    d.mount.store.created(ino, cred.fsuid, cred.fsgid, kind, rdev, setid)
 
 
 # ---- open ----------------------------------------------------------------------
@@ -276,14 +295,16 @@ def do_open(k, call: Call, dirfd: int, path: bytes, flags: int, mode: int, resol
             raise SysError(errno.EISDIR)
         if st is not None and stat.S_ISDIR(st.st_mode) and (acc != os.O_RDONLY or creat) and not tmpfile:
             raise SysError(errno.EISDIR)
-        if d.mount.readonly and not flags & os.O_PATH:
+        writes = acc != os.O_RDONLY or flags & os.O_TRUNC
+        own = (d.held is not None and st is not None
+               and reopen_held(d, os.O_RDONLY if flags & os.O_PATH else acc, bool(writes)))
+        st = d.st  # (the held object's own, when the reopen is of it)
+        if d.mount.readonly and not flags & os.O_PATH and not own:
             if (creat and st is None) or tmpfile or acc != os.O_RDONLY or flags & os.O_TRUNC:
                 check_data_writable(d)
-        writes = acc != os.O_RDONLY or flags & os.O_TRUNC
-        if d.mount is MAGIC_MOUNT and st is not None:
-            check_reopen(d, os.O_RDWR if writes else os.O_RDONLY)
+        setid = 0
         if creat and st is None or tmpfile:
-            mode = mode & 0o7777 & ~call.proc.umask()
+            mode, setid = split_setid(k, mode & 0o7777 & ~call.proc.umask(), False)
             check_dir_writable(k, call, d)
             if tmpfile:
                 prepare_write(d)
@@ -311,7 +332,8 @@ def do_open(k, call: Call, dirfd: int, path: bytes, flags: int, mode: int, resol
         if st is not None and stat.S_ISFIFO(st.st_mode) and not flags & (os.O_NONBLOCK | os.O_PATH):
             # Opening a FIFO blocks until the other end opens, which may be another
             # guest whose open waits behind this one: never block the supervisor.
-            return k.open_blocking(call, d.parent_fd, d.name, hostflags, flags & os.O_CLOEXEC)
+            return k.open_blocking(call, d.parent_fd, d.name, hostflags, flags & os.O_CLOEXEC,
+                                   d.held[0] if d.magic and d.held is not None else None)
         fd = os.open(d.name, hostflags, mode, dir_fd=d.parent_fd)
         if not flags & O_WRITES and stat.S_ISREG(st.st_mode):
             k.fast.remember(call, dirfd, path, follow, d)
@@ -323,7 +345,7 @@ def do_open(k, call: Call, dirfd: int, path: bytes, flags: int, mode: int, resol
             if k.chown_to is not None:
                 os.fchown(fd, *k.chown_to)
             cred = call.proc.cred
-            d.mount.store.created(os.fstat(fd).st_ino, cred.fsuid, cred.fsgid)
+            d.mount.store.created(os.fstat(fd).st_ino, cred.fsuid, cred.fsgid, setid=setid)
         return InstallFd(fd, bool(flags & os.O_CLOEXEC))
 
 
@@ -364,11 +386,13 @@ def fd_dentry(k, c: Call, fd: int):
     """The object a guest descriptor holds, as a Dentry (for *at(fd, "", AT_EMPTY_PATH))."""
     if fd == AT_FDCWD:
         return lookup(k, c, AT_FDCWD, b".")
-    target = os.readlink(guest_fd_link(c, fd))
-    comps = k.mounts.guest_path_of(target) if target.startswith(b"/") else None
-    if comps is None:
-        raise SysError(errno.EBADF if not target.startswith(b"/") else errno.ENOENT)
-    return k.vfs.walk(b"/" + b"/".join(comps), follow=False, caller=c.proc)
+    if fd < 0:
+        raise SysError(errno.EBADF)
+    try:
+        hostfd, access = hold_guest_fd(c.proc, fd)  # once: a second thread's dup2 changes nothing after
+    except OSError:
+        raise SysError(errno.EBADF) from None
+    return k.vfs.held_dentry(hostfd, access)
 
 
 def do_access(k, c: Call, dirfd: int, path: bytes, mode: int, flags: int) -> int:

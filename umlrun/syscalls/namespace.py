@@ -24,6 +24,7 @@ from umlrun.syscalls.files import (
     give_to_guest,
     lookup,
     s32,
+    split_setid,
 )
 
 RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
@@ -78,16 +79,16 @@ def do_mknod(k, c: Call, dirfd: int, path: bytes, mode: int, dev: int) -> int:
     device = kind in (stat.S_IFCHR, stat.S_IFBLK)
     if device and c.proc.cred.euid != 0:
         raise SysError(errno.EPERM)
-    perms = mode & 0o7777 & ~c.proc.umask()
+    perms, setid = split_setid(k, mode & 0o7777 & ~c.proc.umask(), False)
     with _create_target(k, c, dirfd, path) as d:
         if device:
             # A placeholder: an empty file, its type and number in the ownership store.
             os.close(os.open(d.name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, perms,
                              dir_fd=d.parent_fd))
-            give_to_guest(k, c, d, kind, dev & 0xFFFFFFFF)
+            give_to_guest(k, c, d, kind, dev & 0xFFFFFFFF, setid)
         else:
             os.mknod(d.name, kind | perms, dir_fd=d.parent_fd)
-            give_to_guest(k, c, d)
+            give_to_guest(k, c, d, setid=setid)
     return 0
 
 
@@ -232,7 +233,7 @@ def do_link(k, c: Call, olddir: int, old: bytes, newdir: int, new: bytes, flags:
             raise SysError(errno.EPERM)
         prepare_write(src)
         os.link(src.name, dst.name, src_dir_fd=src.parent_fd, dst_dir_fd=dst.parent_fd,
-                follow_symlinks=False)
+                follow_symlinks=src.magic)
     return 0
 
 

@@ -45,6 +45,11 @@ def _guest_view(k, mount, buf: bytearray, ino: int, upper: bool, uid_off: int, g
         gid = 0 if gid in k.own_gids else gid
     buf[uid_off:uid_off + 4] = uid.to_bytes(4, "little")
     buf[gid_off:gid_off + 4] = gid.to_bytes(4, "little")
+    setid = mount.store.setid_of(ino, upper) if mount is not None and mount.store is not None else 0
+    if setid:  # set-id bits the store keeps for the guest (files.split_setid)
+        mode_off = 24 if uid_off == 28 else 28  # struct stat's st_mode, or statx's stx_mode
+        buf[mode_off] |= setid & 0xFF
+        buf[mode_off + 1] |= setid >> 8
     return e if e is not None and e.kind else None
 
 
