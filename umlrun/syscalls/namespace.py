@@ -194,6 +194,10 @@ def do_rename(k, c: Call, olddir: int, old: bytes, newdir: int, new: bytes, flag
             _removable(k, dst)
         elif dst.mount.readonly:
             raise SysError(errno.EROFS)
+        if k.mounts.below(src.comps) or dst.exists and k.mounts.below(dst.comps):
+            # Mounts are guest paths: a renamed directory would carry what a mount
+            # under it covers (a --hide) out from under it. mv copies instead.
+            raise SysError(errno.EXDEV)
         ovl = src.mount.overlay
         if ovl is not None:
             if has_lower_dir(src) or (dst.exists and has_lower_dir(dst)):
