@@ -109,7 +109,9 @@ def _doomed(k, c: Call, dirfd: int, path: bytes):
     """Dentry of a name about to be removed or renamed. Like Linux, a read-only
     mount is refused before the name itself is looked at (EROFS before ENOENT)."""
     d = lookup(k, c, dirfd, path, follow=False, must_exist=False)
-    if d.mount.readonly:
+    # A mount point's name is in its parent's mount: that one's read-only counts.
+    named_in = k.mounts.containing(d.comps[:-1]) if d.comps and k.mounts.at(d.comps) else d.mount
+    if named_in.readonly:
         d.close()
         raise SysError(errno.EROFS)
     if not d.exists:
