@@ -20,6 +20,9 @@ cat hidden/sub/key; echo "cat $?"
 cat link/key; echo "link $?"
 cat hidden/../hidden/sub/key other/../hidden/sub/key; echo "dotdot $?"
 ls -A hidden/sub; echo "lssub $?"
+ls -A link/; echo "lslink $?"
+ln hidden/sub/key other/hardlink; echo "ln $?"
+find hidden; echo "find $?"
 touch hidden/new; echo "touch $?"
 mkdir hidden/dir; echo "mkdir $?"
 rmdir hidden; echo "rmdir $?"
@@ -64,10 +67,11 @@ def _native(top: str, script: str) -> subprocess.CompletedProcess:
         shutil.rmtree(empty)
 
 
-def test_hidden_paths_are_empty_and_read_only_by_every_route(tree):
+@pytest.mark.parametrize("mode", [[], ["--trace-all"]], ids=["fast", "trap-all"])
+def test_hidden_paths_are_empty_and_read_only_by_every_route(tree, mode):
     want = _native(tree, PROBE)
     assert want.returncode == 0 and "touch 1" in want.stdout, want.stderr
-    got = umlrun("run", "--hide", f"{tree}/hidden", "--hide", f"{tree}/file", "-e", f"T={tree}", "--",
+    got = umlrun("run", *mode, "--hide", f"{tree}/hidden", "--hide", f"{tree}/file", "-e", f"T={tree}", "--",
                  "sh", "-c", PROBE)
     out = got.stdout + got.stderr
     assert SECRET not in out
