@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import struct
 
 TIOCGPTN = 0x80045430  # _IOR('T', 0x30, unsigned int): the pty number of a master
@@ -28,17 +29,31 @@ class DevPts:
         self.aliases = aliases     # host path -> guest path, so /proc shows /dev/pts/N
         self.held: dict[bytes, int] = {}
 
-    def adopt(self, name: bytes) -> None:
-        """Make the host's /dev/pts/<name> visible in the guest (if it exists)."""
+    def adopt(self, name: bytes, host: bytes | None = None) -> None:
+        """Make the host's /dev/pts/<name> (or the node `host`) visible in the guest as /dev/pts/<name>."""
         if name in self.held:
             return
         try:
-            fd = os.open(b"/dev/pts/" + name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(host or b"/dev/pts/" + name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return
         self.held[name] = fd
         self.aliases[b"/dev/pts/" + name] = (b"dev", b"pts", name)
         open(os.path.join(self.dir, name), "wb").close()
+
+    def adopt_ptmx(self) -> None:
+        """The guest's /dev/pts/ptmx. The host's is mode 000 (ptmxmode=000: only root
+        may open it), while a container's devpts is mounted ptmxmode=666 and its
+        root opens it. Any node of the device makes a new pair in the host's one
+        devpts, so when this user cannot open /dev/pts/ptmx, /dev/ptmx stands in."""
+        for node in (b"/dev/pts/ptmx", b"/dev/ptmx"):
+            try:
+                st = os.stat(node, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == PTMX_RDEV and os.access(node, os.R_OK | os.W_OK):
+                self.adopt(b"ptmx", node)
+                return
 
     def adopt_master(self, master_fd: int) -> None:
         """The guest just opened a ptmx: adopt the slave of the new pair."""

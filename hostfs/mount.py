@@ -87,9 +87,9 @@ class MountTable:
         self._roots = None
         return m
 
-    def save_stores(self) -> None:
-        for m in self.by_point.values():
-            m.store.save()
+    def save_stores(self) -> bool:
+        """Every store written back; one that cannot be says so on stderr (the others are still saved)."""
+        return all([m.store.save() for m in self.by_point.values()])
 
     @property
     def root(self) -> Mount:
@@ -98,6 +98,11 @@ class MountTable:
     def at(self, comps: tuple[bytes, ...]) -> Mount | None:
         """The mount whose mount point is exactly comps."""
         return self.by_point.get(comps)
+
+    def below(self, comps: tuple[bytes, ...]) -> bool:
+        """Is there a mount point strictly under the guest path comps?"""
+        n = len(comps)
+        return any(len(p) > n and p[:n] == comps for p in self.by_point)
 
     def containing(self, comps: tuple[bytes, ...]) -> Mount:
         """The innermost mount holding the guest path comps."""

@@ -17,11 +17,19 @@ where type is c or b for a device placeholder, and a line
     ino +bits
 for an inode's set-id bits (octal). It is read when the jail
 starts and written back atomically (temp file + rename) when it ends.
+
+The directory is held open (an O_PATH descriptor) from the start, so a guest
+that renames it does not move the store. A guest may also chmod it (to 0, say):
+the store is the supervisor's, written with the authority of the user who owns
+the directory, so its owner bits are lent back for the moment of the load or
+save. A store that still cannot be written is reported in one line, never fatal.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import sys
 
 STORE_NAME = b".umlrun-owners"
 SETID_BITS = stat.S_ISUID | stat.S_ISGID
@@ -52,7 +60,8 @@ class OwnershipStore:
 
     def _load(self) -> None:
         try:
-            fd = os.open(STORE_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
+            with _owner_access(self.dir_fd, stat.S_IXUSR):
+                fd = os.open(STORE_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
         except FileNotFoundError:
             return
         except OSError as e:
@@ -72,22 +81,38 @@ class OwnershipStore:
                                      f"fix or delete {STORE_NAME.decode()} there to reset ownership") from None
                 self.entries[ino] = Entry(uid, gid, kind, rdev)
 
-    def save(self) -> None:
+    def save(self) -> bool:
+        """Write the store back; False (and one line on stderr) if it cannot be."""
         if self.dir_fd is None or not self.dirty:
-            return
+            return True
+        try:
+            with _owner_access(self.dir_fd, stat.S_IWUSR | stat.S_IXUSR):
+                self._write()
+        except OSError as e:
+            sys.stderr.write(f"umlrun: cannot save the ownership store of {self.label}: {e.strerror}; "
+                             "the guest's ownership changes there are lost\n")
+            return False
+        self.dirty = False
+        return True
+
+    def _write(self) -> None:
         tmp = STORE_NAME + b".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=self.dir_fd)
-        with os.fdopen(fd, "w") as f:
-            for ino, e in sorted(self.entries.items()):
-                kind = f" {_NAMES[e.kind]} {e.rdev}" if e.kind else ""
-                f.write(f"{ino} {e.uid} {e.gid}{kind}\n")
-            for ino, bits in sorted(self.setid.items()):
-                f.write(f"{ino} +{bits:o}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, STORE_NAME, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
-        self.dirty = False
+        try:
+            with os.fdopen(fd, "w") as f:
+                for ino, e in sorted(self.entries.items()):
+                    kind = f" {_NAMES[e.kind]} {e.rdev}" if e.kind else ""
+                    f.write(f"{ino} {e.uid} {e.gid}{kind}\n")
+                for ino, bits in sorted(self.setid.items()):
+                    f.write(f"{ino} +{bits:o}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, STORE_NAME, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=self.dir_fd)
+            raise
 
     # ---- queries and changes ---------------------------------------------------
 
@@ -138,6 +163,25 @@ class OwnershipStore:
             self.dirty = True
         if last:
             self.set_setid(st.st_ino, 0)
+
+
+@contextlib.contextmanager
+def _owner_access(dir_fd: int, bits: int):
+    """The directory's owner bits `bits`, lent for the duration when this user owns
+    it and a guest took them away (mode restored after); else nothing changes."""
+    st = os.fstat(dir_fd)
+    lend = st.st_uid == os.geteuid() != 0 and (st.st_mode & bits) != bits
+    # An O_PATH descriptor cannot be fchmod'ed; its /proc/self/fd link can, and
+    # names the held directory whatever the guest renamed since.
+    path = f"/proc/self/fd/{dir_fd}"
+    if lend:
+        os.chmod(path, stat.S_IMODE(st.st_mode) | bits)
+    try:
+        yield
+    finally:
+        if lend:
+            with contextlib.suppress(OSError):
+                os.chmod(path, stat.S_IMODE(st.st_mode))
 
 
 class LayeredStore(OwnershipStore):

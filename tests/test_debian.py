@@ -165,8 +165,11 @@ def test_supervisor_killed_during_a_build_leaves_nothing(debian_dev_root, tmp_pa
 def test_procps_tools_see_the_guest_pids(debian_root, tmp_path):
     """procps's ps, pgrep, pkill and top, installed with apt in a throwaway
     overlay, see the jail's own processes under their guest pids."""
+    # Until both children have exec'd, a forked shell's command line is this whole
+    # script (which names 'sleep 30'): wait for both, and match whole command lines.
     script = ("apt-get install -y -q procps >/dev/null 2>&1 || exit 9; sleep 30 & a=$!; sleep 31 & b=$!; "
-              "pgrep -x sleep | tr '\\n' ' '; echo; pkill -f 'sleep 30'; wait $a; echo killed $?; "
+              "until [ \"$(pgrep -cx sleep)\" = 2 ]; do sleep 0.1; done; "
+              "pgrep -x sleep | tr '\\n' ' '; echo; pkill -f '^sleep 30$'; wait $a; echo killed $?; "
               "ps -o pid=,ppid=,pgid=,sid=,comm= | grep -E ' (sh|sleep)$'; top -b -n 1 | grep -c ' sleep *$'; "
               "kill $b")
     r = umlrun("run", "--net", "host", "-r", debian_root, "--overlay", tmp_path / "ovl", "--", "sh", "-c", script,

@@ -1,4 +1,6 @@
 """Fake root that persists: chown, device nodes and permission checks for non-root guests."""
+import os
+
 from conftest import umlrun
 
 
@@ -41,3 +43,25 @@ def test_corrupt_store_is_a_clear_error(busybox_root, tmp_path):
     r = run(busybox_root, tmp_path, "true")
     assert r.returncode != 0
     assert r.stderr.count("\n") == 1 and "corrupt" in r.stderr and ".umlrun-owners" in r.stderr
+
+
+def test_a_guest_chmod_of_the_store_directory_keeps_the_store_and_the_status(busybox_root, tmp_path):
+    """The guest takes every permission off the directory holding the store (as a
+    user, the supervisor's own): the store is still saved and loaded, the mode
+    the guest set stays, and pid 1's exit status is umlrun's."""
+    try:
+        r = run(busybox_root, tmp_path, "touch /d/f && chown 5:6 /d/f && chmod 0 /d; exit 7")
+        assert (r.returncode, r.stderr) == (7, "")
+        assert oct(os.stat(tmp_path).st_mode & 0o777) == "0o0"
+        os.chmod(tmp_path, 0o755)  # else the next -b is refused as unreadable
+        again = run(busybox_root, tmp_path, "stat -c '%u %g' /d/f")
+        assert (again.returncode, again.stdout, again.stderr) == (0, "5 6\n", "")
+    finally:
+        os.chmod(tmp_path, 0o755)
+
+
+def test_a_store_that_cannot_be_written_is_one_line_and_keeps_the_status(busybox_root, tmp_path):
+    (tmp_path / ".umlrun-owners.tmp").mkdir()  # where the store is written first: now a directory
+    r = run(busybox_root, tmp_path, "touch /d/f && chown 5 /d/f; exit 3")
+    assert r.returncode == 3
+    assert r.stderr.count("\n") == 1 and "cannot save the ownership store" in r.stderr, r.stderr

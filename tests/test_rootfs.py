@@ -335,10 +335,9 @@ def test_build_busybox(cache, tmp_path):
     lines = console.file.getvalue().splitlines()
     assert 3 <= len(lines) <= 8 and "\x1b" not in console.file.getvalue()
 
-    if os.geteuid() != 0:
-        pytest.skip("chroot into the tree needs root (CI runs as root); the tree itself was checked")
     chroot = shutil.which("chroot") or "/usr/sbin/chroot"
-    run = subprocess.run([chroot, str(tree), "/bin/sh", "-c", "echo hi; ls /"],
+    userns = [] if os.geteuid() == 0 else ["unshare", "-r"]  # as a user: root of a user namespace may chroot
+    run = subprocess.run([*userns, chroot, str(tree), "/bin/sh", "-c", "echo hi; ls /"],
                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert run.returncode == 0, run.stderr
     out = run.stdout.split()

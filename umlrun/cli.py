@@ -5,7 +5,7 @@ import argparse
 import sys
 
 RUN_USAGE = ("umlrun run [-r ROOTFS] [-b HOST[:GUEST[:ro]]]... [-w CWD] [-e K=V]... [--hostname H] "
-             "[--net none|host] [--rw | --overlay DIR] [--timeout S] [--max-pids N] [--memory BYTES] "
+             "[--net none|host] [--rw | --overlay DIR] [--hide PATH]... [--tmpfs PATH]... [--timeout S] [--max-pids N] [--memory BYTES] "
              "[--cpu-seconds S] [--trace-all] [--trace FILE] -- CMD [ARGS]")
 
 
@@ -41,7 +41,8 @@ def build_parser() -> Parser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     r = sub.add_parser("run", usage=RUN_USAGE, help="run a command in a jail",
                        description="Run CMD under umlrun's guest kernel. Without -r the guest sees the "
-                                   "host's / read-only, with a private writable /tmp.")
+                                   "host's / read-only (under a throwaway overlay), with private /tmp, "
+                                   "/run and /dev/shm; --hide and --tmpfs keep more out.")
     r.add_argument("-r", "--rootfs", help="root filesystem: a directory or a cached name (busybox)")
     r.add_argument("-b", "--bind", action="append", default=[], metavar="HOST[:GUEST[:ro]]",
                    help="bind-mount a host directory or file into the guest")
@@ -53,6 +54,10 @@ def build_parser() -> Parser:
     r.add_argument("--rw", action="store_true", help="let the guest write into the rootfs itself")
     r.add_argument("--overlay", metavar="DIR",
                    help="keep the guest's changes in DIR across runs (default: a throwaway overlay)")
+    r.add_argument("--hide", action="append", default=[], metavar="PATH",
+                   help="show PATH as an empty read-only directory (or empty file); repeatable")
+    r.add_argument("--tmpfs", action="append", default=[], metavar="PATH",
+                   help="an empty private writable directory at PATH, gone with the jail; repeatable")
     r.add_argument("--timeout", type=_positive(float, "--timeout"), metavar="SECONDS",
                    help="kill the jail after this long (exit status 124)")
     r.add_argument("--max-pids", type=_positive(int, "--max-pids"), metavar="N",
@@ -91,7 +96,7 @@ def build_parser() -> Parser:
 
 
 def cmd_run(args) -> int:
-    from umlrun.jail import Bind, JailConfig, JailError, run_jail
+    from umlrun.jail import Bind, JailConfig, JailError, guest_point, run_jail
     from umlrun.limits import Limits
 
     argv = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
@@ -117,7 +122,10 @@ def cmd_run(args) -> int:
                 import os
                 if name in os.environ:
                     env[name] = os.environ[name]
-        cfg = JailConfig(argv=argv, rootfs=rootfs, binds=[Bind.parse(b) for b in args.bind], cwd=args.cwd,
+        for flag, paths in (("--hide", args.hide), ("--tmpfs", args.tmpfs)):
+            for path in paths:
+                guest_point(flag, path)  # a bad PATH is one line before anything starts
+        cfg = JailConfig(argv=argv, rootfs=rootfs, hide=args.hide, tmpfs=args.tmpfs, binds=[Bind.parse(b) for b in args.bind], cwd=args.cwd,
                          env=env, hostname=args.hostname, net=args.net, rw=args.rw, overlay=args.overlay,
                          trap_all=args.trace_all, trace_file=args.trace, host_setid=args.host_setid,
                          limits=Limits(timeout=args.timeout, max_pids=args.max_pids, memory=args.memory,

@@ -7,7 +7,9 @@ directory that is removed when the jail ends.
 """
 from __future__ import annotations
 
+import errno
 import os
+import pwd
 import shutil
 import signal
 import stat
@@ -18,7 +20,7 @@ from typing import Callable
 
 import net_tap
 from hostfs.devpts import DevPts
-from hostfs.mount import MountError, MountTable, split
+from hostfs.mount import MountError, MountTable, join, split
 from hostfs.overlay import OverlayFS
 from hostfs.ownership import StoreError
 from hostfs.pathwalk import PathWalk, WalkError
@@ -33,6 +35,10 @@ from umlrun.syscalls import ipc
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty", "ptmx")
+OWN_TREES = (b"proc", b"dev", b"sys")  # umlrun's own trees: they show no host files
+# Hidden by default in the embedded default (the host's /), when they exist: the
+# user's private keys, which a confined program has no business reading.
+PRIVATE_IN_HOME = (".ssh", ".gnupg")
 
 
 class JailError(Exception):
@@ -61,6 +67,20 @@ class Bind:
         return cls(os.path.abspath(host), guest, len(parts) == 3 and parts[2] == "ro")
 
 
+def guest_point(flag: str, path: str) -> tuple:
+    """The components of a --hide or --tmpfs PATH; JailError (one line) if it is not a usable one."""
+    if not path.startswith("/"):
+        raise JailError(f"{flag} '{path}': give an absolute path (starting with /)")
+    if ".." in path.split("/"):
+        raise JailError(f"{flag} '{path}': '..' is not allowed; give the path itself")
+    comps = split(path.encode())
+    if not comps:
+        raise JailError(f"{flag} /: the root cannot be replaced; use -r ROOTFS to run in another tree")
+    if comps[0] in OWN_TREES:
+        raise JailError(f"{flag} '{path}': /{comps[0].decode()} is umlrun's own and shows no host files")
+    return comps
+
+
 @dataclass
 class JailConfig:
     argv: list[str]
@@ -77,6 +97,8 @@ class JailConfig:
     setup: Callable | None = None        # called with the Kernel before the guest starts
     limits: Limits = field(default_factory=Limits)
     host_setid: bool = False             # as root, let the guest's set-id bits reach host files
+    hide: list[str] = field(default_factory=list)    # guest paths shown as an empty read-only dir or file
+    tmpfs: list[str] = field(default_factory=list)   # guest paths given an empty private writable dir
 
 
 class Jail:
@@ -125,6 +147,7 @@ class Jail:
         mt.add(b"/sys", self._build_sys(), readonly=True, kind="sysfs")
         for b in cfg.binds:
             mt.add(b.guest.encode(), b.host.encode(), readonly=b.readonly)
+        self._keep_out()
         # A mount point whose parent directories the tree lacks gets empty
         # read-only directories on the way, as mkdir -p would have made.
         for point in sorted(mt.by_point, key=len):
@@ -132,6 +155,65 @@ class Jail:
                 prefix = point[:i]
                 if mt.at(prefix) is None and not self._exists(prefix):
                     mt.add(b"/" + b"/".join(prefix), empty, readonly=True, kind="synthetic")
+
+    def _keep_out(self) -> None:
+        """--hide and --tmpfs mounts, and the default hides of the embedded default.
+        A path is resolved in the guest's tree as it stands (symlinks followed, as
+        mount(8) does), so every guest name for the object leads to the mount."""
+        cfg, mt = self.cfg, self.mounts
+        n = 0
+        if cfg.rootfs is None:
+            for path in self._default_hidden():
+                try:
+                    comps, st = self._resolve(path)
+                except JailError:
+                    continue  # out of the supervisor's reach, so out of the guest's too
+                if st is not None and mt.at(comps) is None:  # a -b at the same place gives it back
+                    n += 1
+                    self._hide(comps, st, n)
+        for path in cfg.hide:
+            comps, st = self._resolve(path, guest_point("--hide", path))
+            if st is None:
+                raise JailError(f"--hide '{path}': no such file or directory in the guest's tree; check the path")
+            n += 1
+            self._hide(comps, st, n)
+        for path in cfg.tmpfs:
+            comps, st = self._resolve(path, guest_point("--tmpfs", path))
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                raise JailError(f"--tmpfs '{path}': not a directory; give a directory (or a path that is free)")
+            n += 1
+            mt.add(b"/" + b"/".join(comps), self._dir(f"tmpfs-{n}", 0o1777), kind="tmpfs")
+
+    def _hide(self, comps: tuple, st, n: int) -> None:
+        if stat.S_ISDIR(st.st_mode):
+            empty = self._dir(f"hidden-{n}", 0o555)
+        else:
+            empty = os.path.join(self.runtime, f"hidden-{n}").encode()
+            open(empty, "wb").close()
+            os.chmod(empty, 0o444)
+        self.mounts.add(b"/" + b"/".join(comps), empty, readonly=True, kind="tmpfs")
+
+    def _resolve(self, path: str, comps: tuple | None = None) -> tuple:
+        """(guest components with symlinks resolved, stat or None if nothing is there)."""
+        comps = split(path.encode()) if comps is None else comps
+        try:
+            with PathWalk(self.mounts).walk(b"/" + b"/".join(comps)) as d:
+                comps, st = d.comps, d.st
+        except WalkError as e:
+            if e.errno == errno.ENOENT:
+                return comps, None
+            raise JailError(f"cannot resolve '{path}' in the guest's tree: {os.strerror(e.errno)}") from None
+        if not comps or comps[0] in OWN_TREES:  # a symlink to / or into umlrun's own trees
+            raise JailError(f"'{path}' leads to {join(comps).decode(errors='replace')}, which cannot be replaced")
+        return comps, st
+
+    @staticmethod
+    def _default_hidden() -> list[str]:
+        """The control sockets of every jail of this user, and the user's private keys."""
+        from umlrun.control import run_dir
+        homes = {pwd.getpwuid(os.getuid()).pw_dir, os.environ.get("HOME") or "/"}
+        paths = [run_dir()] + [os.path.join(h, p) for h in sorted(homes) for p in PRIVATE_IN_HOME]
+        return [os.path.abspath(p) for p in paths if p.startswith("/")]
 
     def _upper(self, lower: str) -> bytes:
         if self.cfg.overlay is None:
@@ -189,8 +271,7 @@ class Jail:
         # the host's. Read-only: the nodes are the host's.
         self.devpts = DevPts(self._dir("pts", 0o755), self.mounts.aliases)
         self.mounts.add(b"/dev/pts", self.devpts.dir, readonly=True, kind="devpts", fs=self.devpts)
-        if os.path.exists("/dev/pts/ptmx"):
-            self.devpts.adopt(b"ptmx")
+        self.devpts.adopt_ptmx()
         for fd in (0, 1, 2):
             try:
                 tty = os.ttyname(fd).encode()

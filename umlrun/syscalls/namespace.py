@@ -110,7 +110,9 @@ def _doomed(k, c: Call, dirfd: int, path: bytes):
     """Dentry of a name about to be removed or renamed. Like Linux, a read-only
     mount is refused before the name itself is looked at (EROFS before ENOENT)."""
     d = lookup(k, c, dirfd, path, follow=False, must_exist=False)
-    if d.mount.readonly:
+    # A mount point's name is in its parent's mount: that one's read-only counts.
+    named_in = k.mounts.containing(d.comps[:-1]) if d.comps and k.mounts.at(d.comps) else d.mount
+    if named_in.readonly:
         d.close()
         raise SysError(errno.EROFS)
     if not d.exists:
@@ -195,6 +197,10 @@ def do_rename(k, c: Call, olddir: int, old: bytes, newdir: int, new: bytes, flag
             _removable(k, dst)
         elif dst.mount.readonly:
             raise SysError(errno.EROFS)
+        if k.mounts.below(src.comps) or dst.exists and k.mounts.below(dst.comps):
+            # Mounts are guest paths: a renamed directory would carry what a mount
+            # under it covers (a --hide) out from under it. mv copies instead.
+            raise SysError(errno.EXDEV)
         ovl = src.mount.overlay
         if ovl is not None:
             if has_lower_dir(src) or (dst.exists and has_lower_dir(dst)):
