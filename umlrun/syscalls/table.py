@@ -59,6 +59,26 @@ class Masked(NamedTuple):
     value: int
 
 
+def matches(value: int, rule) -> bool:
+    """Whether an int rule's value (a number, a [lo, hi) range or Masked bits)
+    matches an argument, on its unsigned low 32 bits as the filter compares."""
+    value &= 0xFFFFFFFF
+    if isinstance(rule, Masked):
+        return value & rule.mask == rule.value
+    if isinstance(rule, tuple):
+        return rule[0] <= value < rule[1]
+    return value == rule
+
+
+def _by_value(rules: tuple) -> Callable:
+    def dispatch(k, c):
+        for arg, value, handler in rules:
+            if matches(c.args[arg], value):
+                return handler(k, c)
+        return rules[0][2](k, c)
+    return dispatch
+
+
 @dataclass(slots=True)
 class Syscall:
     nr: int
@@ -72,6 +92,7 @@ class Syscall:
     # in the tracer and goes to the handler (to `traced` when the call is EMULATED otherwise).
     int_rules: tuple = ()
     traced: Callable | None = None
+    trace_rules: tuple = ()            # (arg, value, handler) of each trace_when, for `traced`
     # A private call a signal withdrew before the supervisor took it: the value
     # rax gets instead of a restart, callable(proc) (None: restart it).
     withdrawn: Callable | None = None
@@ -139,8 +160,14 @@ class SyscallTable:
         Masked bits), which stop in the tracer (RET_TRACE) and go to handler. The
         rule outlives a later emulate() of the call (--max-pids), whose
         notifications go to its own handler and these stops still to this one."""
-        self.by_name[name].int_rules += tuple((arg, v, ("trace", 0)) for v in values)
-        self.by_name[name].traced = handler
+        entry = self.by_name[name]
+        entry.int_rules += tuple((arg, v, ("trace", 0)) for v in values)
+        entry.trace_rules += tuple((arg, v, handler) for v in values)
+        # Families may trace different values of one call (prctl: the dumpable flag
+        # in one, core scheduling in another): each stop goes to its value's handler.
+        if len({h for _a, _v, h in entry.trace_rules}) > 1:
+            handler = _by_value(entry.trace_rules)
+        entry.traced = handler
         self.traced_by_process(name, handler, why)
 
     def traced_by_process(self, name: str, handler: Callable, why: str) -> None:
