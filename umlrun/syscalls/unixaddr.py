@@ -1,0 +1,283 @@
+"""AF_UNIX addresses as the guest names them, and as the supervisor uses them.
+
+A path address is resolved in the guest VFS down to the socket inode itself,
+held as an O_PATH descriptor: the supervisor connects to /proc/self/fd/N,
+which the host kernel follows to that very inode (never to a name a guest
+thread could swap for a symlink meanwhile). The host's permission check on
+the inode is made with the guest's host identity (guest_identity).
+
+Abstract names (sun_path[0] == 0) are host-wide on Linux outside a network
+namespace: each jail gets its own by a random per-jail prefix, added to every
+abstract name the guest binds or reaches, and taken off where the kernel
+hands a name back (getsockname, getpeername, accept).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+import socket
+import stat
+import struct
+
+from sysemu._sysemu import ffi, lib
+from umlrun.kernel import SysError
+from umlrun.syscalls.files import AT_FDCWD, check_access, lookup
+
+SOCKADDR_MAX = 128          # sizeof(struct sockaddr_storage)
+SUN_MAX = 110               # sizeof(struct sockaddr_un)
+UNIX_PATH_MAX = 108
+NR_SETGROUPS, NR_SETRESUID, NR_SETRESGID, NR_SETFSUID, NR_SETFSGID = 116, 117, 119, 122, 123
+NR_GETSOCKNAME = 51
+NR_BIND, NR_CONNECT, NR_SENDTO, NR_GETSOCKOPT = 49, 42, 44, 55
+SOL_SOCKET, SO_TYPE, SO_PASSCRED, SO_DOMAIN = 1, 3, 16, 39
+_FAMILY = struct.pack("H", socket.AF_UNIX)
+_AUTOBIND_TRIES = 64
+MAX_BOUND = 4096          # path names the jail bound, remembered for getsockname
+
+
+def prefix(k) -> bytes:
+    """The jail's abstract-name prefix: random, made once per jail."""
+    p = getattr(k, "_abstract_prefix", None)
+    if p is None:
+        p = k._abstract_prefix = b"umlrun-" + secrets.token_hex(6).encode() + b"/"
+    return p
+
+
+def is_unix(raw: bytes) -> bool:
+    return len(raw) >= 2 and raw[:2] == _FAMILY
+
+
+def abstract_in(k, raw: bytes) -> bytes:
+    """The host address of a guest abstract address (raw[2] == 0)."""
+    name = raw[3:]
+    p = prefix(k)
+    if name.startswith(p):  # a name the kernel showed the guest (recvfrom's source): already the jail's
+        return raw
+    host = _FAMILY + b"\0" + p + name
+    if len(host) > SUN_MAX:
+        raise SysError(errno.EINVAL)
+    return host
+
+
+def to_guest(k, raw: bytes) -> bytes:
+    """An address the kernel gives back, as the guest named it."""
+    if not is_unix(raw) or len(raw) <= 2:
+        return raw
+    if raw[2] == 0:
+        if raw[3:].startswith(prefix(k)):
+            return _FAMILY + b"\0" + raw[3 + len(prefix(k)):]
+        return raw
+    return _bound(k).get(raw[2:].split(b"\0", 1)[0], raw)
+
+
+def _bound(k) -> dict:
+    names = getattr(k, "_unix_bound", None)
+    if names is None:
+        names = k._unix_bound = {}
+    return names
+
+
+def bound_path(k, parent_fd: int, name: bytes, guest_path: bytes) -> tuple[bytes, int]:
+    """(host address, descriptor to close after bind) for a socket named
+    `name` in the directory parent_fd: /proc/self/fd/N/name, with N chosen
+    so that no other name the jail bound reads the same; the guest gets its
+    own path back where the kernel shows the address (getsockname...)."""
+    names = _bound(k)
+    if len(names) >= MAX_BOUND:
+        names.pop(next(iter(names)))
+    fds = [os.dup(parent_fd)]
+    try:
+        while True:
+            host = b"/proc/self/fd/%d/%s" % (fds[-1], name)
+            if len(host) >= UNIX_PATH_MAX:
+                raise SysError(errno.ENAMETOOLONG)
+            if host not in names:
+                break
+            fds.append(fcntl.fcntl(fds[-1], fcntl.F_DUPFD_CLOEXEC, fds[-1] + 1))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    for fd in fds[:-1]:
+        os.close(fd)
+    names[host] = _FAMILY + guest_path + b"\0"
+    return _FAMILY + host + b"\0", fds[-1]
+
+
+def unix_path(raw: bytes) -> bytes | None:
+    """The filesystem path of an AF_UNIX address; None for abstract, unnamed or other families."""
+    if not is_unix(raw) or len(raw) <= 2 or raw[2] == 0:
+        return None
+    return raw[2:].split(b"\0", 1)[0]
+
+
+class HeldSocket:
+    """A socket inode the guest VFS resolved, held by an O_PATH descriptor."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def addr(self) -> bytes:
+        return _FAMILY + b"/proc/self/fd/%d\0" % self.fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def hold_socket(k, c, path: bytes) -> HeldSocket:
+    """Walk `path` for the guest and hold the socket inode it names.
+
+    The final name is opened without following: if a guest thread swapped it
+    for a symlink after the walk, the walk is made again (Linux would follow
+    the new link: so does the next walk, in the guest's VFS)."""
+    for _ in range(8):
+        with lookup(k, c, AT_FDCWD, path) as d:
+            try:
+                fd = os.open(d.name, os.O_PATH | os.O_CLOEXEC | d.o_nofollow, dir_fd=d.parent_fd)
+            except FileNotFoundError:
+                continue  # gone since the walk: walk again (a second miss is the walk's ENOENT)
+            st = os.fstat(fd)
+            if stat.S_ISLNK(st.st_mode):
+                os.close(fd)
+                continue
+            if not stat.S_ISSOCK(st.st_mode):
+                os.close(fd)
+                raise SysError(errno.ECONNREFUSED)
+            try:  # a non-root guest user needs write permission on the socket, as on Linux
+                check_access(k, c, d.mount, st, 2, d.in_upper)
+            except SysError:
+                os.close(fd)
+                raise
+            return HeldSocket(fd)
+    raise SysError(errno.ELOOP)
+
+
+def unbound(hostfd: int) -> bool:
+    buf = ffi.new("char[]", SOCKADDR_MAX)
+    size = ffi.new("int *", SOCKADDR_MAX)
+    r = lib.sysemu_syscall6(NR_GETSOCKNAME, hostfd, int(ffi.cast("long", buf)), int(ffi.cast("long", size)),
+                            0, 0, 0)
+    return r == 0 and size[0] <= 2
+
+
+def autobind(k, hostfd: int) -> None:
+    """Linux's autobind (a random 5-hex-digit abstract name), inside the jail's namespace."""
+    for _ in range(_AUTOBIND_TRIES):
+        name = b"%05x" % secrets.randbelow(1 << 20)
+        try:
+            raw_call(NR_BIND, hostfd, _FAMILY + b"\0" + prefix(k) + name)
+            return
+        except SysError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+    raise SysError(errno.ENOSPC)
+
+
+def sockopt(hostfd: int, opt: int) -> int:
+    """An int SOL_SOCKET option of a host socket (-1 when it is not one)."""
+    val, size = ffi.new("int *"), ffi.new("int *", 4)
+    r = lib.sysemu_syscall6(NR_GETSOCKOPT, hostfd, SOL_SOCKET, opt, int(ffi.cast("long", val)),
+                            int(ffi.cast("long", size)), 0)
+    return val[0] if r == 0 else -1
+
+
+def autobind_if_passcred(k, hostfd: int) -> None:
+    """An unbound AF_UNIX socket with SO_PASSCRED is autobound by connect and
+    send: do it first, so that the name lands in the jail's namespace."""
+    if sockopt(hostfd, SO_DOMAIN) != socket.AF_UNIX or sockopt(hostfd, SO_PASSCRED) <= 0:
+        return
+    if unbound(hostfd):
+        try:
+            autobind(k, hostfd)
+        except SysError as e:
+            if e.errno != errno.EINVAL:  # bound meanwhile by another thread: fine
+                raise
+
+
+def raw_call(nr: int, fd: int, addr: bytes, *extra) -> int:
+    """bind/connect (fd, addr, len), or sendto (fd, data, len, flags, addr, len) with extra = (data, flags)."""
+    buf = ffi.new("char[]", addr) if addr else ffi.NULL
+    args = [fd, int(ffi.cast("long", buf)), len(addr)]
+    if nr == NR_SENDTO:
+        data = ffi.from_buffer(extra[0]) if extra[0] else ffi.NULL
+        args = [fd, int(ffi.cast("long", data)), len(extra[0]), extra[1], int(ffi.cast("long", buf)), len(addr)]
+    r = lib.sysemu_syscall6(nr, *(args + [0] * (6 - len(args))))
+    if r < 0:
+        raise SysError(-r)
+    return r
+
+
+# ---- the guest's host identity -------------------------------------------------------
+
+_ORIGINAL_GROUPS: list[int] | None = None
+
+
+def _check(r: int) -> None:
+    if r < 0:
+        raise OSError(-r, os.strerror(-r))
+
+
+@contextlib.contextmanager
+def guest_identity(k, fs_only: bool = False):
+    """On the calling thread only (raw syscalls: glibc would change every
+    thread): the guest's host uid and gid, no supplementary groups, so that
+    a socket the supervisor reaches or sends to on a guest's behalf checks
+    the guest's permission, and the peer sees the guest's uid (SO_PEERCRED).
+    fs_only: only the ids of permission checks (fsuid, fsgid), for an AF_UNIX
+    send that names the guest's host pid in SCM_CREDENTIALS, which takes
+    the supervisor's CAP_SYS_ADMIN. A no-op when the supervisor is not root
+    (the guest then runs as the supervisor's own user). The saved ids stay
+    0, so the thread takes its own identity back when done."""
+    if k.chown_to is None:
+        yield
+        return
+    global _ORIGINAL_GROUPS
+    if _ORIGINAL_GROUPS is None:
+        _ORIGINAL_GROUPS = os.getgroups()
+    uid, gid = k.chown_to
+    ruid, euid, suid = os.getresuid()
+    rgid, egid, sgid = os.getresgid()
+    _check(lib.sysemu_syscall6(NR_SETGROUPS, 0, 0, 0, 0, 0, 0))
+    try:
+        if fs_only:
+            old_gid = lib.sysemu_syscall6(NR_SETFSGID, gid, 0, 0, 0, 0, 0)
+            old_uid = lib.sysemu_syscall6(NR_SETFSUID, uid, 0, 0, 0, 0, 0)
+            try:
+                yield
+            finally:
+                lib.sysemu_syscall6(NR_SETFSUID, old_uid, 0, 0, 0, 0, 0)
+                lib.sysemu_syscall6(NR_SETFSGID, old_gid, 0, 0, 0, 0, 0)
+                if (lib.sysemu_syscall6(NR_SETFSUID, -1, 0, 0, 0, 0, 0) != old_uid
+                        or lib.sysemu_syscall6(NR_SETFSGID, -1, 0, 0, 0, 0, 0) != old_gid):
+                    _fatal()
+            return
+        _check(lib.sysemu_syscall6(NR_SETRESGID, gid, gid, sgid, 0, 0, 0))
+        try:
+            _check(lib.sysemu_syscall6(NR_SETRESUID, uid, uid, suid, 0, 0, 0))
+            try:
+                yield
+            finally:
+                _restore(NR_SETRESUID, ruid, euid, suid)
+        finally:
+            _restore(NR_SETRESGID, rgid, egid, sgid)
+    finally:
+        groups = ffi.new("unsigned int[]", _ORIGINAL_GROUPS or [0])
+        _restore(NR_SETGROUPS, len(_ORIGINAL_GROUPS), int(ffi.cast("long", groups)), 0)
+
+
+def _restore(nr: int, a: int, b: int, c: int) -> None:
+    if lib.sysemu_syscall6(nr, a, b, c, 0, 0, 0) < 0:
+        _fatal()
+
+
+def _fatal() -> None:
+    # The supervisor must never go on with a guest's identity.
+    os.write(2, b"umlrun: cannot take the supervisor's identity back; stopping\n")
+    os._exit(70)
