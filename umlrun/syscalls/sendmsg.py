@@ -27,7 +27,7 @@ from umlrun.kernel import Call, SysError
 from umlrun.syscalls.files import s32
 from umlrun.syscalls.pids import MAX_CONTROL, SCM_CREDENTIALS, check_ucred
 from umlrun.syscalls.sockets import MAX_DATAGRAM, in_worker, send_copy, sigpipe, target_of
-from umlrun.syscalls.unixaddr import SO_DOMAIN, SO_TYPE, SOCKADDR_MAX, guest_identity, sockopt
+from umlrun.syscalls.unixaddr import ALL, FS, NONE, SO_DOMAIN, SO_TYPE, SOCKADDR_MAX, guest_identity, sockopt
 
 NR_SENDMSG = 46
 MSGHDR, MMSGHDR, UIO_MAXIOV = 56, 64, 1024
@@ -171,15 +171,19 @@ def _socket_of(k, c: Call) -> tuple[int, bool, bool]:
     return hostfd, sockopt(hostfd, SO_DOMAIN) == socket.AF_UNIX, kind == socket.SOCK_STREAM
 
 
-def _fs_only(k, unix: bool) -> bool:
-    """A root supervisor names the guest in an AF_UNIX message's credentials,
-    which takes its CAP_SYS_ADMIN: only the permission ids are the guest's."""
-    return unix and k.chown_to is not None
+def _scope(k, unix: bool, msg: Message | None) -> str:
+    """The guest's host ids a send needs (a root supervisor): an AF_UNIX send
+    names the guest in its credentials, which takes the supervisor's
+    CAP_SYS_ADMIN, so only a path destination's permission check is the
+    guest's (FS), and a send to no path needs none; any other family all of them."""
+    if not unix:
+        return ALL
+    return FS if msg is None or msg.held is not None else NONE
 
 
 def _send_one(k, c: Call, msg: Message, hostfd: int, flags: int, unix: bool, stream: bool):
     return send_copy(k, c, hostfd, msg, flags, len(msg.data), stream,
-                     lambda extra, offset: msg.send(hostfd, flags | extra, offset), _fs_only(k, unix))
+                     lambda extra, offset: msg.send(hostfd, flags | extra, offset), _scope(k, unix, msg))
 
 
 def sys_sendto(k, c: Call):
@@ -222,7 +226,7 @@ def sys_sendmmsg(k, c: Call):
 
     def send_all(first_flags: int) -> int:
         sent = 0
-        with guest_identity(k, _fs_only(k, unix)):
+        with guest_identity(k, _scope(k, unix, None)):
             for i in range(vlen):
                 hdr = vec + MMSGHDR * i
                 try:

@@ -164,7 +164,7 @@ def sys_connect(k, c: Call):
     return in_worker(k, c, run)
 
 
-def send_copy(k, c: Call, hostfd: int, held, flags: int, length: int, stream: bool, send, fs_only: bool):
+def send_copy(k, c: Call, hostfd: int, held, flags: int, length: int, stream: bool, send, scope: str):
     """Make a send on the supervisor's copy: at once when it cannot block; else
     first without blocking and, on EAGAIN or a part sent of a stream, the rest
     on a worker thread, blocking as the guest's call would.
@@ -175,7 +175,7 @@ def send_copy(k, c: Call, hostfd: int, held, flags: int, length: int, stream: bo
             held.close()
     blocking = not flags & MSG_DONTWAIT and os.get_blocking(hostfd)
     try:
-        with guest_identity(k, fs_only):
+        with guest_identity(k, scope):
             sent = send(MSG_DONTWAIT if blocking else 0, 0)
     except SysError as e:
         if e.errno != errno.EAGAIN or not blocking:
@@ -193,7 +193,7 @@ def send_copy(k, c: Call, hostfd: int, held, flags: int, length: int, stream: bo
     def run():
         total = sent
         try:
-            with guest_identity(k, fs_only):
+            with guest_identity(k, scope):
                 while True:  # a blocking stream send returns when all of it is sent
                     total += send(0, total)
                     if total >= length or not stream:

@@ -217,6 +217,7 @@ def raw_call(nr: int, fd: int, addr: bytes, *extra) -> int:
 # ---- the guest's host identity -------------------------------------------------------
 
 _ORIGINAL_GROUPS: list[int] | None = None
+ALL, FS, NONE = "all", "fs", "none"  # guest_identity's scopes
 
 
 def _check(r: int) -> None:
@@ -225,17 +226,19 @@ def _check(r: int) -> None:
 
 
 @contextlib.contextmanager
-def guest_identity(k, fs_only: bool = False):
+def guest_identity(k, scope: str = ALL):
     """On the calling thread only (raw syscalls: glibc would change every
     thread): the guest's host uid and gid, no supplementary groups, so that
     a socket the supervisor reaches or sends to on a guest's behalf checks
     the guest's permission, and the peer sees the guest's uid (SO_PEERCRED).
-    fs_only: only the ids of permission checks (fsuid, fsgid), for an AF_UNIX
+    scope FS: only the ids of permission checks (fsuid, fsgid), for an AF_UNIX
     send that names the guest's host pid in SCM_CREDENTIALS, which takes
-    the supervisor's CAP_SYS_ADMIN. A no-op when the supervisor is not root
+    the supervisor's CAP_SYS_ADMIN; NONE: nothing (an AF_UNIX send to no path
+    checks no permission, and names its sender explicitly); each change of
+    credentials costs ~3 us. A no-op when the supervisor is not root
     (the guest then runs as the supervisor's own user). The saved ids stay
     0, so the thread takes its own identity back when done."""
-    if k.chown_to is None:
+    if k.chown_to is None or scope == NONE:
         yield
         return
     global _ORIGINAL_GROUPS
@@ -244,9 +247,10 @@ def guest_identity(k, fs_only: bool = False):
     uid, gid = k.chown_to
     ruid, euid, suid = os.getresuid()
     rgid, egid, sgid = os.getresgid()
-    _check(lib.sysemu_syscall6(NR_SETGROUPS, 0, 0, 0, 0, 0, 0))
+    if _ORIGINAL_GROUPS:
+        _check(lib.sysemu_syscall6(NR_SETGROUPS, 0, 0, 0, 0, 0, 0))
     try:
-        if fs_only:
+        if scope == FS:
             old_gid = lib.sysemu_syscall6(NR_SETFSGID, gid, 0, 0, 0, 0, 0)
             old_uid = lib.sysemu_syscall6(NR_SETFSUID, uid, 0, 0, 0, 0, 0)
             try:
@@ -254,6 +258,7 @@ def guest_identity(k, fs_only: bool = False):
             finally:
                 lib.sysemu_syscall6(NR_SETFSUID, old_uid, 0, 0, 0, 0, 0)
                 lib.sysemu_syscall6(NR_SETFSGID, old_gid, 0, 0, 0, 0, 0)
+                # setfsuid answers the current value (and changes nothing for -1)
                 if (lib.sysemu_syscall6(NR_SETFSUID, -1, 0, 0, 0, 0, 0) != old_uid
                         or lib.sysemu_syscall6(NR_SETFSGID, -1, 0, 0, 0, 0, 0) != old_gid):
                     _fatal()
@@ -268,8 +273,9 @@ def guest_identity(k, fs_only: bool = False):
         finally:
             _restore(NR_SETRESGID, rgid, egid, sgid)
     finally:
-        groups = ffi.new("unsigned int[]", _ORIGINAL_GROUPS or [0])
-        _restore(NR_SETGROUPS, len(_ORIGINAL_GROUPS), int(ffi.cast("long", groups)), 0)
+        if _ORIGINAL_GROUPS:
+            groups = ffi.new("unsigned int[]", _ORIGINAL_GROUPS)
+            _restore(NR_SETGROUPS, len(_ORIGINAL_GROUPS), int(ffi.cast("long", groups)), 0)
 
 
 def _restore(nr: int, a: int, b: int, c: int) -> None:
