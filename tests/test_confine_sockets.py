@@ -156,9 +156,14 @@ def _listening_jail(busybox_root, probe_dir, name):
 
 
 def test_a_guest_abstract_socket_is_out_of_a_host_process_reach(busybox_root, probe_dir):
+    """Not by its name, and not by reading /proc/net/unix, which every host
+    user may read: the name is not there (the jail's names are socket files
+    in a private directory, reached through the supervisor's descriptor)."""
     name = "umlrun-test-" + secrets.token_hex(6)
     p = _listening_jail(busybox_root, probe_dir, name)
     try:
+        with open("/proc/net/unix") as f:
+            assert name not in f.read()
         c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with pytest.raises(ConnectionRefusedError):
             c.connect("\0" + name)
@@ -207,7 +212,8 @@ def test_unix_sockets_by_path_and_abstract_name_as_on_linux(busybox_root, probe_
     """Servers and clients by path and by abstract name, getsockname,
     getpeername (a short buffer too), accept's address, a datagram reply to
     recvfrom's source, sendmsg with a destination and SCM_RIGHTS, sendmmsg,
-    autobind, ECONNREFUSED: the same lines as natively in a fresh network namespace."""
+    autobind, an abstract name taken while its socket lives and free after,
+    the longest abstract name, ECONNREFUSED: the same lines as natively in a fresh network namespace."""
     native_dir = tmp_path / "native"
     native_dir.mkdir()
     want = subprocess.run([*NEW_NET_NS, str(probe_dir / "confine_sockets"), "positive", str(native_dir)],

@@ -381,6 +381,24 @@ static int positive(const char *dir)
     socklen_t zl = sizeof zn;
     getsockname(ab, (void *)&zn, &zl);
     printf("autobind len %d\n", (int)zl);
+    /* an abstract name is taken while its socket lives, free once it is closed */
+    int r1 = socket(AF_UNIX, SOCK_STREAM, 0), r2 = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un ra;
+    socklen_t rl = abstract_addr(&ra, "rebound");
+    printf("abstract bind %s\n", ename(bind(r1, (void *)&ra, rl) < 0 ? errno : 0));
+    printf("abstract bind taken %s\n", ename(bind(r2, (void *)&ra, rl) < 0 ? errno : 0));
+    close(r1);
+    printf("abstract bind after close %s\n", ename(bind(r2, (void *)&ra, rl) < 0 ? errno : 0));
+    /* the longest abstract name Linux takes */
+    char longname[108];
+    memset(longname, 'n', 106);
+    longname[106] = 0;
+    int ln = socket(AF_UNIX, SOCK_DGRAM, 0);
+    rl = abstract_addr(&ra, longname);
+    printf("long abstract bind %s len %d\n", ename(bind(ln, (void *)&ra, rl) < 0 ? errno : 0), (int)rl);
+    zl = sizeof zn;
+    getsockname(ln, (void *)&zn, &zl);
+    printf("long abstract getsockname len %d same %d\n", (int)zl, zl == rl && memcmp(&zn, &ra, rl) == 0);
     /* errors as Linux gives them */
     int e = socket(AF_UNIX, SOCK_STREAM, 0);
     printf("connect missing %s\n", ename(connect(e, (void *)&a, abstract_addr(&a, "nobody-here")) < 0 ? errno : 0));

@@ -27,7 +27,17 @@ from umlrun.kernel import Call, SysError
 from umlrun.syscalls.files import s32
 from umlrun.syscalls.pids import MAX_CONTROL, SCM_CREDENTIALS, check_ucred
 from umlrun.syscalls.sockets import MAX_DATAGRAM, in_worker, send_copy, sigpipe, target_of
-from umlrun.syscalls.unixaddr import ALL, FS, NONE, SO_DOMAIN, SO_TYPE, SOCKADDR_MAX, guest_identity, sockopt
+from umlrun.syscalls.unixaddr import (
+    ABSTRACT_TARGET,
+    ALL,
+    FS,
+    NONE,
+    SO_DOMAIN,
+    SO_TYPE,
+    SOCKADDR_MAX,
+    guest_identity,
+    sockopt,
+)
 
 NR_SENDMSG = 46
 MSGHDR, MMSGHDR, UIO_MAXIOV = 56, 64, 1024
@@ -65,7 +75,7 @@ class Message:
             0))
         r = lib.sysemu_syscall6(NR_SENDMSG, hostfd, int(ffi.cast("long", hdr)), flags, 0, 0, 0)
         if r < 0:
-            raise SysError(-r)
+            raise SysError(self.held.error(-r) if self.held is ABSTRACT_TARGET else -r)
         return r
 
 

@@ -22,11 +22,13 @@ from sysemu._sysemu import ffi, lib
 from umlrun.kernel import DEFERRED, GUEST_ERRORS, Call, SysError
 from umlrun.syscalls.files import AT_FDCWD, check_dir_writable, check_writable, lookup, s32
 from umlrun.syscalls.unixaddr import (
+    ABSTRACT_TARGET,
     NR_BIND,
     NR_CONNECT,
     NR_GETSOCKNAME,
     SO_DOMAIN,
     SOCKADDR_MAX,
+    abstract,
     abstract_in,
     autobind,
     autobind_if_passcred,
@@ -66,7 +68,8 @@ def sys_bind(k, c: Call):
             return 0
         path = unix_path(raw)
         if path is None:
-            return raw_call(NR_BIND, hostfd, abstract_in(k, raw))
+            abstract(k).bind(hostfd, raw[3:])
+            return 0
         with lookup(k, c, AT_FDCWD, path, follow=False, must_exist=False) as d:
             if d.exists:
                 raise SysError(errno.EADDRINUSE)
@@ -114,7 +117,9 @@ def target_of(k, c: Call, hostfd: int, raw: bytes):
     autobind_if_passcred(k, hostfd)
     path = unix_path(raw)
     if path is None:
-        return abstract_in(k, raw), None
+        return abstract_in(k, raw), ABSTRACT_TARGET
+    if abstract(k).guest_name(path) is not None:  # recvfrom's source of a jail's abstract name
+        return raw, ABSTRACT_TARGET
     held = hold_socket(k, c, path)
     return held.addr(), held
 
@@ -157,6 +162,10 @@ def sys_connect(k, c: Call):
         try:
             with guest_identity(k):
                 return raw_call(NR_CONNECT, hostfd, addr)
+        except SysError as e:
+            if held is ABSTRACT_TARGET:
+                raise SysError(held.error(e.errno)) from None
+            raise
         finally:
             os.close(hostfd)
             if held is not None:

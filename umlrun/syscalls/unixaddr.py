@@ -7,27 +7,33 @@ thread could swap for a symlink meanwhile). The host's permission check on
 the inode is made with the guest's host identity (guest_identity).
 
 Abstract names (sun_path[0] == 0) are host-wide on Linux outside a network
-namespace: each jail gets its own by a random per-jail prefix, added to every
-abstract name the guest binds or reaches, and taken off where the kernel
-hands a name back (getsockname, getpeername, accept).
+namespace, with no permission check, and listed to every host user in
+/proc/net/unix. So a jail's abstract names are not abstract on the host: each
+is a socket file in the jail's private directory (mode 0700, the guest's host
+user's), named by a hash of the guest's name and reached through
+/proc/self/fd/D of the supervisor's descriptor of that directory, which no
+other host user can resolve. The guest gets its names back where the kernel
+hands one out (getsockname, getpeername, accept; recvfrom shows the host
+path, which connect and sendto take back as the abstract name).
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import secrets
 import socket
 import stat
 import struct
+import tempfile
 
 from sysemu._sysemu import ffi, lib
 from umlrun.kernel import SysError
 from umlrun.syscalls.files import AT_FDCWD, check_access, lookup
 
 SOCKADDR_MAX = 128          # sizeof(struct sockaddr_storage)
-SUN_MAX = 110               # sizeof(struct sockaddr_un)
 UNIX_PATH_MAX = 108
 NR_SETGROUPS, NR_SETRESUID, NR_SETRESGID, NR_SETFSUID, NR_SETFSGID = 116, 117, 119, 122, 123
 NR_GETSOCKNAME = 51
@@ -38,12 +44,83 @@ _AUTOBIND_TRIES = 64
 MAX_BOUND = 4096          # path names the jail bound, remembered for getsockname
 
 
-def prefix(k) -> bytes:
-    """The jail's abstract-name prefix: random, made once per jail."""
-    p = getattr(k, "_abstract_prefix", None)
-    if p is None:
-        p = k._abstract_prefix = b"umlrun-" + secrets.token_hex(6).encode() + b"/"
-    return p
+class AbstractNames:
+    """The jail's abstract namespace (see the module's comment)."""
+
+    def __init__(self, k):
+        self.k = k
+        path = getattr(k, "abstract_dir", None) or tempfile.mkdtemp(prefix="umlrun-abstract-")
+        os.chmod(path, 0o700)
+        if k.chown_to is not None:  # the guest's host user binds there (guest_identity)
+            os.chown(path, *k.chown_to)
+        # Kept for the jail's life: every host address names it.
+        self.fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.base = b"/proc/self/fd/%d/" % self.fd
+        self.guest: dict[bytes, bytes] = {}  # file name -> the guest's abstract name
+
+    def file_of(self, name: bytes) -> bytes:
+        f = hashlib.sha256(name).hexdigest()[:40].encode()
+        if f not in self.guest:
+            if len(self.guest) >= MAX_BOUND:
+                self.guest.pop(next(iter(self.guest)))
+            self.guest[f] = name
+        return f
+
+    def host_addr(self, name: bytes) -> bytes:
+        return _FAMILY + self.base + self.file_of(name) + b"\0"
+
+    def guest_name(self, path: bytes) -> bytes | None:
+        """The guest's abstract name of a host path of this namespace."""
+        return self.guest.get(path[len(self.base):]) if path.startswith(self.base) else None
+
+    def alive(self, file: bytes) -> bool:
+        """Whether a socket is still bound at file (an abstract name is free once
+        its socket is closed; the file stays): a datagram connect reaches a live
+        one (or fails with EPROTOTYPE for another type), never a dead one."""
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            probe.connect(self.base + file)
+        except ConnectionRefusedError:
+            return False
+        except OSError:
+            return True
+        finally:
+            probe.close()
+        return True
+
+    def bind(self, hostfd: int, name: bytes) -> None:
+        file = self.file_of(name)
+        addr = _FAMILY + self.base + file + b"\0"
+        with guest_identity(self.k):
+            try:
+                raw_call(NR_BIND, hostfd, addr)
+            except SysError as e:
+                if e.errno != errno.EADDRINUSE or self.alive(file):
+                    raise
+                os.unlink(file, dir_fd=self.fd)
+                raw_call(NR_BIND, hostfd, addr)
+
+
+class AbstractTarget:
+    """A destination in the jail's abstract namespace: a name nobody bound is
+    ECONNREFUSED there, as on Linux, not the missing file's ENOENT."""
+
+    def close(self) -> None:
+        pass
+
+    @staticmethod
+    def error(err: int) -> int:
+        return errno.ECONNREFUSED if err == errno.ENOENT else err
+
+
+ABSTRACT_TARGET = AbstractTarget()
+
+
+def abstract(k) -> AbstractNames:
+    ns = getattr(k, "_abstract_names", None)
+    if ns is None:
+        ns = k._abstract_names = AbstractNames(k)
+    return ns
 
 
 def is_unix(raw: bytes) -> bool:
@@ -52,25 +129,18 @@ def is_unix(raw: bytes) -> bool:
 
 def abstract_in(k, raw: bytes) -> bytes:
     """The host address of a guest abstract address (raw[2] == 0)."""
-    name = raw[3:]
-    p = prefix(k)
-    if name.startswith(p):  # a name the kernel showed the guest (recvfrom's source): already the jail's
-        return raw
-    host = _FAMILY + b"\0" + p + name
-    if len(host) > SUN_MAX:
-        raise SysError(errno.EINVAL)
-    return host
+    return abstract(k).host_addr(raw[3:])
 
 
 def to_guest(k, raw: bytes) -> bytes:
     """An address the kernel gives back, as the guest named it."""
-    if not is_unix(raw) or len(raw) <= 2:
+    if not is_unix(raw) or len(raw) <= 2 or raw[2] == 0:
         return raw
-    if raw[2] == 0:
-        if raw[3:].startswith(prefix(k)):
-            return _FAMILY + b"\0" + raw[3 + len(prefix(k)):]
-        return raw
-    return _bound(k).get(raw[2:].split(b"\0", 1)[0], raw)
+    path = raw[2:].split(b"\0", 1)[0]
+    name = abstract(k).guest_name(path)
+    if name is not None:
+        return _FAMILY + b"\0" + name
+    return _bound(k).get(path, raw)
 
 
 def _bound(k) -> dict:
@@ -170,9 +240,8 @@ def unbound(hostfd: int) -> bool:
 def autobind(k, hostfd: int) -> None:
     """Linux's autobind (a random 5-hex-digit abstract name), inside the jail's namespace."""
     for _ in range(_AUTOBIND_TRIES):
-        name = b"%05x" % secrets.randbelow(1 << 20)
         try:
-            raw_call(NR_BIND, hostfd, _FAMILY + b"\0" + prefix(k) + name)
+            abstract(k).bind(hostfd, b"%05x" % secrets.randbelow(1 << 20))
             return
         except SysError as e:
             if e.errno != errno.EADDRINUSE:
