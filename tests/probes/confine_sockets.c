@@ -389,6 +389,16 @@ static int positive(const char *dir)
     socklen_t zl = sizeof zn;
     getsockname(ab, (void *)&zn, &zl);
     printf("autobind len %d\n", (int)zl);
+    /* SO_PASSCRED: the first send autobinds */
+    int pc = socket(AF_UNIX, SOCK_DGRAM, 0), one = 1;
+    setsockopt(pc, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
+    struct iovec pv = {"p", 1};
+    struct msghdr pm = {.msg_name = &a1, .msg_namelen = l1, .msg_iov = &pv, .msg_iovlen = 1};
+    printf("passcred sendmsg %zd\n", sendmsg(pc, &pm, 0));
+    zl = sizeof zn;
+    getsockname(pc, (void *)&zn, &zl);
+    printf("passcred autobound len %d\n", (int)zl);
+    recv(d1, buf, sizeof buf, 0);  /* its source address is the host's (a known limitation) */
     /* an abstract name is taken while its socket lives, free once it is closed */
     int r1 = socket(AF_UNIX, SOCK_STREAM, 0), r2 = socket(AF_UNIX, SOCK_STREAM, 0);
     struct sockaddr_un ra;

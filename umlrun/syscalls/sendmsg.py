@@ -35,6 +35,7 @@ from umlrun.syscalls.unixaddr import (
     SO_DOMAIN,
     SO_TYPE,
     SOCKADDR_MAX,
+    autobind_if_passcred,
     guest_identity,
     sockopt,
 )
@@ -178,7 +179,14 @@ def _socket_of(k, c: Call) -> tuple[int, bool, bool]:
     if kind < 0:
         os.close(hostfd)
         raise SysError(errno.ENOTSOCK)
-    return hostfd, sockopt(hostfd, SO_DOMAIN) == socket.AF_UNIX, kind == socket.SOCK_STREAM
+    unix = sockopt(hostfd, SO_DOMAIN) == socket.AF_UNIX
+    if unix and kind != socket.SOCK_STREAM:
+        try:  # a datagram socket with SO_PASSCRED is autobound by its first send: in the jail's namespace
+            autobind_if_passcred(k, hostfd)
+        except BaseException:
+            os.close(hostfd)
+            raise
+    return hostfd, unix, kind == socket.SOCK_STREAM
 
 
 def _scope(k, unix: bool, msg: Message | None) -> str:
