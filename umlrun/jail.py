@@ -353,6 +353,7 @@ class Jail:
         self.procfs.k, k.procfs, k.devpts = k, self.procfs, self.devpts
         k.placeholder_dir = self._dir("placeholders", 0o755).decode()
         sweep_leftovers()
+        k.abstract_dir = self._dir("abstract", 0o700).decode()  # the jail's abstract AF_UNIX names
         if cfg.setup is not None:
             cfg.setup(k)
         env = self.environment()

@@ -376,6 +376,8 @@ def sys_getsockopt_peercred(k, c: Call):
 def _ucred_to_guest(k, tid: int, addr: int) -> None:
     """A struct ucred {pid, uid, gid} in guest memory, from the host's names to the guest's."""
     pid, uid, gid = struct.unpack("iII", k.platform.read(tid, addr, 12))
+    if pid == k.me:  # a message the supervisor sent for a guest (sendmsg.py): the last it sent for
+        pid = getattr(k, "_unix_sender", pid)
     k.platform.write(tid, addr, struct.pack("iII", k.procs.vpid(pid), *k.guest_ids(pid, uid, gid)))
 
 
@@ -482,10 +484,9 @@ def sys_timer_create(k, c: Call):
 # the supervisor adds a small seccomp filter to it (all its threads, and
 # inherited by its children) that traces recvmsg and recvmmsg; at their exit
 # the credentials are rewritten to the guest's.
-# Sent: sendmsg traps anyway (sockets.py); explicit credentials are checked as
-# Linux checks them, on the guest's view, and rewritten to the host's values
-# in the guest's buffer for the kernel's own check (which, the guest having
-# no host privilege, no racing thread can get past).
+# Sent: sendmsg is made by the supervisor from a copy (sendmsg.py); explicit
+# credentials are checked as Linux checks them, on the guest's view, and sent
+# with the host's values.
 
 SO_PASSCRED, SCM_CREDENTIALS = 16, 2
 NR_SETSOCKOPT, NR_RECVMSG, NR_RECVMMSG, NR_SECCOMP = 54, 47, 299, 317
@@ -554,19 +555,17 @@ def sys_recvmsg_creds(k, c: Call):
     return None
 
 
-def credentials_out(k, c: Call, hdr_addr: int) -> None:
+def check_ucred(k, c: Call, vpid: int, uid: int, gid: int) -> None:
     """Explicit SCM_CREDENTIALS in a sendmsg: Linux's check on the guest's view
     (its own pid and ids, unless it is root, which may name any guest process
-    and ids), then the host's values for the kernel's check."""
+    and ids). The message is then sent with the host's values (sendmsg.py)."""
     cred = c.proc.cred
-    for addr, vpid, uid, gid in _credentials(k, c.pid, hdr_addr):
-        named = c.proc if vpid == k.procs.vpid(c.proc.tgid) else k.procs.live(vpid)
-        if named is not c.proc and (cred.euid != 0 or named is None):
-            raise SysError(errno.EPERM if cred.euid != 0 else errno.ESRCH)
-        if cred.euid != 0 and (uid not in (cred.ruid, cred.euid, cred.suid)
-                               or gid not in (cred.rgid, cred.egid, cred.sgid)):
-            raise SysError(errno.EPERM)
-        c.write(addr, struct.pack("iII", named.tgid, *k.host_ids()))
+    named = c.proc if vpid == k.procs.vpid(c.proc.tgid) else k.procs.live(vpid)
+    if named is not c.proc and (cred.euid != 0 or named is None):
+        raise SysError(errno.EPERM if cred.euid != 0 else errno.ESRCH)
+    if cred.euid != 0 and (uid not in (cred.ruid, cred.euid, cred.suid)
+                           or gid not in (cred.rgid, cred.egid, cred.sgid)):
+        raise SysError(errno.EPERM)
 
 
 def register(t) -> None:
