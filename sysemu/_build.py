@@ -34,7 +34,6 @@ long sysemu_getregs(int pid, struct user_regs_struct *regs);
 long sysemu_setregs(int pid, struct user_regs_struct *regs);
 long sysemu_geteventmsg(int pid, unsigned long *msg);
 
-int sysemu_pidfd_open(int pid);
 int sysemu_pidfd_getfd(int pidfd, int fd);
 long sysemu_fstatat(int dirfd, const char *path, void *buf, int flags);
 long sysemu_statx(int dirfd, const char *path, int flags, unsigned int mask, void *buf);

@@ -250,8 +250,13 @@ class Platform:
         return msg[0]
 
 
-def pidfd_open(pid: int) -> int:
-    r = lib.sysemu_pidfd_open(pid)
+NR_PIDFD_OPEN, PIDFD_THREAD = 434, os.O_EXCL
+
+
+def pidfd_open(pid: int, flags: int = 0) -> int:
+    """A pidfd of process `pid`; with PIDFD_THREAD, of the thread `pid` (Linux 6.9+),
+    which is the only kind a thread that does not lead its group can have."""
+    r = lib.sysemu_syscall6(NR_PIDFD_OPEN, pid, flags, 0, 0, 0, 0)
     if r < 0:
         raise GuestFault(-r)
     return r

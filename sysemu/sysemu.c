@@ -241,12 +241,6 @@ static long sysemu_geteventmsg(int pid, unsigned long *msg)
 
 /* ---- host-side helpers ------------------------------------------------------ */
 
-static int sysemu_pidfd_open(int pid)
-{
-    long r = syscall(SYS_pidfd_open, pid, 0);
-    return r < 0 ? -errno : (int)r;
-}
-
 static int sysemu_pidfd_getfd(int pidfd, int fd)
 {
     long r = syscall(SYS_pidfd_getfd, pidfd, fd, 0);

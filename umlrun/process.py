@@ -67,9 +67,12 @@ class Process:
     extra: dict = field(default_factory=dict)
 
     def get_pidfd(self) -> int:
+        """A pidfd of this task: of its process when it leads its thread group
+        (signals sent through it are the process's), else of the thread itself,
+        whose descriptors pidfd_getfd takes (the table a thread uses for a call)."""
         if self.pidfd < 0:
-            from sysemu.platform import pidfd_open
-            self.pidfd = pidfd_open(self.tid)
+            from sysemu.platform import PIDFD_THREAD, pidfd_open
+            self.pidfd = pidfd_open(self.tid, 0 if self.tid == self.tgid else PIDFD_THREAD)
         return self.pidfd
 
     def umask(self) -> int:

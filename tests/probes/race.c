@@ -82,19 +82,20 @@ static void *flip_path(void *arg) {
 
 static void *flip_addr(void *arg) {
     (void)arg;
+    /* The guest's own sockets, a symlink to the host's, the host's abstract name
+     * and the host path; each state is held for a yield so that every call
+     * sometimes sees each whole, and sometimes a torn mix of two. */
+    static const char *const names[] = {"/rw/gsock", "/rw/gdgram", "/rw/hostlink", NULL, NULL};
     struct sockaddr_un a;
     socklen_t n;
     while (!stop) {
-        set_unix(&a, &n, "/rw/gsock", 0);
-        memcpy(&addr_buf, &a, sizeof a);
-        addr_len = n;
-        set_unix(&a, &n, "/rw/hostlink", 0);
-        memcpy(&addr_buf, &a, sizeof a);
-        set_unix(&a, &n, abstract_name, 1);
-        memcpy(&addr_buf, &a, sizeof a);
-        addr_len = n;
-        set_unix(&a, &n, host_sock, 0);
-        memcpy(&addr_buf, &a, sizeof a);
+        for (int i = 0; i < 5; i++) {
+            if (i == 3) set_unix(&a, &n, abstract_name, 1);
+            else set_unix(&a, &n, i == 4 ? host_sock : names[i], 0);
+            memcpy(&addr_buf, &a, sizeof a);
+            addr_len = n;
+            sched_yield();
+        }
     }
     return NULL;
 }
