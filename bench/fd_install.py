@@ -19,8 +19,8 @@ import subprocess
 import sys
 import tempfile
 
+from umlrun.call import Call
 from umlrun.jail import JailConfig, run_jail
-from umlrun.kernel import Call
 from umlrun.syscalls.files import AT_FDCWD, lookup, s32
 
 HERE = os.path.dirname(os.path.abspath(__file__))

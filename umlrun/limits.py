@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from umlrun.kernel import CONTINUE, Call, SysError
+from umlrun.call import CONTINUE, Call, SysError
 
 WATCH_PERIOD = 0.1
 EXIT_TIMEOUT = 124                    # as timeout(1)

@@ -13,7 +13,7 @@ import errno
 import os
 import stat
 
-from umlrun.kernel import Call, SysError
+from umlrun.call import Call, SysError
 from umlrun.syscalls.files import (
     AT_EMPTY_PATH,
     AT_FDCWD,

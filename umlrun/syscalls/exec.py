@@ -24,7 +24,7 @@ import os
 import stat
 
 from hostfs.pathwalk import MAGIC_MOUNT
-from umlrun.kernel import Call, SysError
+from umlrun.call import Call, SysError
 from umlrun.syscalls.files import (
     AT_EMPTY_PATH,
     AT_FDCWD,

@@ -16,8 +16,8 @@ from hostfs.ownership import SETID_BITS
 from hostfs.pathwalk import MAGIC_MOUNT, prepare_create, prepare_write
 from hostfs.procfs import hold_guest_fd
 from sysemu._sysemu import ffi, lib
+from umlrun.call import Call, InstallFd, SysError
 from umlrun.fastpath import O_WRITES
-from umlrun.kernel import Call, InstallFd, SysError
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW, AT_REMOVEDIR, AT_SYMLINK_FOLLOW = 0x100, 0x200, 0x400

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import struct
 
-from umlrun.kernel import Call, SysError
+from umlrun.call import Call, SysError
 from umlrun.syscalls.files import s32
 
 NGROUPS_MAX = 65536

@@ -31,7 +31,7 @@ import errno
 import os
 import struct
 
-from umlrun.kernel import CONTINUE, Call, SysError
+from umlrun.call import CONTINUE, Call, SysError
 from umlrun.syscalls.files import s32
 
 SHM, SEM, MSG = "shm", "sem", "msg"

@@ -13,7 +13,7 @@ import stat
 
 from hostfs.pathwalk import has_lower_dir, prepare_create, prepare_write, remove
 from sysemu._sysemu import ffi, lib
-from umlrun.kernel import Call, SysError
+from umlrun.call import Call, SysError
 from umlrun.syscalls.files import (
     AT_EMPTY_PATH,
     AT_FDCWD,

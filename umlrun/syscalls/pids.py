@@ -19,7 +19,7 @@ import signal
 import stat
 import struct
 
-from umlrun.kernel import GUEST_ERRORS, Call, SysError
+from umlrun.call import GUEST_ERRORS, Call, SysError
 from umlrun.syscalls.files import s32
 
 P_PID, P_PGID = 1, 2

@@ -23,7 +23,7 @@ import struct
 
 from sysemu._sysemu import ffi, lib
 from sysemu.platform import GuestFault
-from umlrun.kernel import Call, SysError
+from umlrun.call import Call, SysError
 from umlrun.syscalls.files import s32
 from umlrun.syscalls.pids import MAX_CONTROL, SCM_CREDENTIALS, check_ucred
 from umlrun.syscalls.sockets import MAX_DATAGRAM, in_worker, send_copy, sigpipe, target_of

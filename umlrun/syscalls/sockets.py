@@ -19,7 +19,7 @@ import threading
 
 from hostfs.pathwalk import prepare_create
 from sysemu._sysemu import ffi, lib
-from umlrun.kernel import DEFERRED, GUEST_ERRORS, Call, SysError
+from umlrun.call import DEFERRED, GUEST_ERRORS, Call, SysError
 from umlrun.syscalls.files import AT_FDCWD, check_dir_writable, check_writable, lookup, s32
 from umlrun.syscalls.unixaddr import (
     ABSTRACT_TARGET,

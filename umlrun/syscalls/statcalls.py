@@ -12,7 +12,7 @@ import os
 import stat
 
 from sysemu._sysemu import ffi, lib
-from umlrun.kernel import Call, SysError
+from umlrun.call import Call, SysError
 from umlrun.syscalls.files import (
     AT_EMPTY_PATH,
     AT_FDCWD,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 
-from umlrun.kernel import Call, SysError
+from umlrun.call import Call, SysError
 
 UTS_LEN = 65
 

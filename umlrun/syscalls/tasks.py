@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import errno
 
-from umlrun.kernel import Call, SysError
+from umlrun.call import Call, SysError
 from umlrun.syscalls.table import Masked
 
 CLONE_UNTRACED = 0x00800000

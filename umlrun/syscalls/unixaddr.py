@@ -30,7 +30,7 @@ import struct
 import tempfile
 
 from sysemu._sysemu import ffi, lib
-from umlrun.kernel import SysError
+from umlrun.call import SysError
 from umlrun.syscalls.files import AT_FDCWD, check_access, lookup
 
 SOCKADDR_MAX = 128          # sizeof(struct sockaddr_storage)
