@@ -21,6 +21,29 @@ CLONE_FS, CLONE_PARENT, CLONE_THREAD = 0x200, 0x8000, 0x10000
 FORGET_BATCH = 512   # dead pids swept at a time (see PidNamespace.died)
 
 
+def proc_status(tid: int, *keys: bytes) -> dict[bytes, bytes]:
+    """The values of the named fields of a host task's /proc status (read up to
+    the last one found); OSError if the task is gone."""
+    found = {}
+    with open(f"/proc/{tid}/status", "rb") as f:
+        for line in f:
+            key, _, value = line.partition(b":")
+            if key in keys:
+                found[key] = value.strip()
+                if len(found) == len(keys):
+                    break
+    return found
+
+
+def catches(tgid: int, sig: int) -> bool:
+    """Whether the process has a handler for sig (SigCgt in its status)."""
+    try:
+        caught = int(proc_status(tgid, b"SigCgt")[b"SigCgt"], 16)
+    except (OSError, KeyError):
+        return False
+    return bool(caught >> (sig - 1) & 1)
+
+
 @dataclass
 class Cred:
     ruid: int = 0
@@ -78,13 +101,9 @@ class Process:
     def umask(self) -> int:
         """The guest's umask, which the host kernel keeps for us (umask runs natively)."""
         try:
-            with open(f"/proc/{self.tid}/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"Umask:"):
-                        return int(line.split()[1], 8)
-        except OSError:
-            pass
-        return 0o022
+            return int(proc_status(self.tid, b"Umask")[b"Umask"], 8)
+        except (OSError, KeyError):
+            return 0o022
 
 
 class PidNamespace:

@@ -27,7 +27,7 @@ from sysemu.platform import (
     GuestFault,
 )
 from umlrun.call import GUEST_ERRORS, Call, restoring
-from umlrun.process import Process
+from umlrun.process import Process, catches
 from umlrun.supervision import sweep_lost_forks, thread_flags
 from umlrun.syscalls.table import EMULATED
 
@@ -37,18 +37,6 @@ _SI_USER, _SI_QUEUE, _SI_MESGQ, _SI_TKILL = 0, -1, -3, -6  # si_code values
 NR_CLONE = 56
 CLONE_PARENT_SETTID, CLONE_CHILD_SETTID = 0x00100000, 0x01000000
 MAX_SENDERS = 1024  # signals sent on a guest's behalf, not delivered yet
-
-
-def catches(tgid: int, sig: int) -> bool:
-    """Whether the process has a handler for sig (SigCgt in its status)."""
-    try:
-        with open(f"/proc/{tgid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"SigCgt:"):
-                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
-    except OSError:
-        pass
-    return False
 
 
 class PtraceStops:

@@ -17,25 +17,18 @@ import errno
 import os
 import time
 
-from umlrun.process import CLONE_FS, CLONE_THREAD
+from umlrun.process import CLONE_FS, CLONE_THREAD, proc_status
 
 LOST_FORK_WAIT = 2.0  # seconds a lost fork event waits for its child to show
 
 
 def task_ids(tid: int) -> tuple[int, int]:
     """(Tgid, PPid) of a host task, from its status (0, 0: gone)."""
-    tgid = ppid = 0
     try:
-        with open(f"/proc/{tid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Tgid:"):
-                    tgid = int(line.split()[1])
-                elif line.startswith(b"PPid:"):
-                    ppid = int(line.split()[1])
-                    break
-    except (OSError, ValueError, IndexError):
-        pass
-    return tgid, ppid
+        ids = proc_status(tid, b"Tgid", b"PPid")
+        return int(ids.get(b"Tgid", 0)), int(ids.get(b"PPid", 0))
+    except (OSError, ValueError):
+        return 0, 0
 
 
 def thread_flags(child_tid: int) -> int:

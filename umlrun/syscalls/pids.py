@@ -20,6 +20,7 @@ import stat
 import struct
 
 from umlrun.call import GUEST_ERRORS, Call, SysError
+from umlrun.process import proc_status
 from umlrun.syscalls.files import s32
 
 P_PID, P_PGID = 1, 2
@@ -279,14 +280,8 @@ DEV_TTY = os.makedev(5, 0)
 
 def _status_masks(tid: int) -> tuple[int, int]:
     """(blocked, ignored) signal masks of a task."""
-    blocked = ignored = 0
-    with open(f"/proc/{tid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"SigBlk:"):
-                blocked = int(line.split()[1], 16)
-            elif line.startswith(b"SigIgn:"):
-                ignored = int(line.split()[1], 16)
-    return blocked, ignored
+    masks = proc_status(tid, b"SigBlk", b"SigIgn")
+    return int(masks.get(b"SigBlk", b"0"), 16), int(masks.get(b"SigIgn", b"0"), 16)
 
 
 def _stat_fields(tid: int) -> list[bytes]:

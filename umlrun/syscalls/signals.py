@@ -24,7 +24,7 @@ import resource
 
 from sysemu._sysemu import ffi, lib
 from umlrun.call import ARG_REGS, CONTINUE, GUEST_ERRORS, Call, SysError
-from umlrun.stops import catches
+from umlrun.process import catches
 from umlrun.syscalls.files import guest_fd_link, s32
 from umlrun.syscalls.pids import group_leaders, host_of_group, host_of_live, leaders
 
