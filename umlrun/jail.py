@@ -210,7 +210,6 @@ class Jail:
     @staticmethod
     def _default_hidden() -> list[str]:
         """The control sockets of every jail of this user, and the user's private keys."""
-        from umlrun.control import run_dir
         homes = {pwd.getpwuid(os.getuid()).pw_dir, os.environ.get("HOME") or "/"}
         paths = [run_dir()] + [os.path.join(h, p) for h in sorted(homes) for p in PRIVATE_IN_HOME]
         return [os.path.abspath(p) for p in paths if p.startswith("/")]
@@ -344,10 +343,7 @@ class Jail:
                 raise JailError(f"cannot give the jail a host uid of its own: {e}") from None
         self.kernel = k = Kernel(self.mounts, hostname=cfg.hostname.encode(), trap_all=cfg.trap_all,
                                  guest_host_uid=self.ids.uid if self.ids else None,
-                                 guest_host_gid=self.ids.gid if self.ids else None)
-        if self.ids is not None:
-            k.own_uids, k.own_gids = hostids.OwnIds(k.own_uids), hostids.OwnIds(k.own_gids)
-        k.setid_in_store = self.ids is not None and not cfg.host_setid
+                                 guest_host_gid=self.ids.gid if self.ids else None, host_setid=cfg.host_setid)
         net_tap.apply(k.table, cfg.net)
         jail_limits.apply(k.table, cfg.limits)
         self.procfs.k, k.procfs, k.devpts = k, self.procfs, self.devpts

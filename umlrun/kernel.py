@@ -20,6 +20,7 @@ from hostfs.pathwalk import PathWalk
 from sysemu.platform import NOTIFY, WALL, Platform
 from umlrun.call import CONTINUE, DEFERRED, GUEST_ERRORS, Call, InstallFd
 from umlrun.fastpath import FastPath
+from umlrun.hostids import OwnIds
 from umlrun.process import Cred, Process, ProcessTable
 from umlrun.stops import PtraceStops
 from umlrun.supervision import own_children, refuse_unknown
@@ -30,7 +31,8 @@ DEBUG = os.environ.get("UMLRUN_DEBUG")  # print host errors met inside handlers
 
 class Kernel(PtraceStops):
     def __init__(self, mounts: MountTable, *, hostname: bytes = b"umlrun", trap_all: bool = False,
-                 trace=None, guest_host_uid: int | None = None, guest_host_gid: int | None = None):
+                 trace=None, guest_host_uid: int | None = None, guest_host_gid: int | None = None,
+                 host_setid: bool = False):
         self.mounts = mounts
         self.vfs = PathWalk(mounts)
         self.table = build_table()
@@ -44,19 +46,23 @@ class Kernel(PtraceStops):
         self.procfs = None                      # the guest's /proc (hostfs.procfs.ProcFS)
         self.devpts = None                      # the guest's /dev/pts (hostfs.devpts.DevPts)
         self.ipc = None                         # the jail's SysV IPC objects (umlrun/syscalls/ipc.py)
-        # Host ids that mean "the guest" on files: shown as the guest's root.
-        self.own_uids = {os.geteuid()} | ({guest_host_uid} if guest_host_uid is not None else set())
-        self.own_gids = {os.getegid()} | ({guest_host_gid} if guest_host_gid is not None else set())
+        # Host ids that mean "the guest" on files: shown as the guest's root. Run
+        # as root, any jail's id too (umlrun/hostids.py).
+        own = set if guest_host_uid is None else OwnIds
+        self.own_uids = own({os.geteuid()} | ({guest_host_uid} if guest_host_uid is not None else set()))
+        self.own_gids = own({os.getegid()} | ({guest_host_gid} if guest_host_gid is not None else set()))
         # When the supervisor is real root the guest runs as an unprivileged host
         # user, and files it creates are handed to that user.
         self.chown_to = (guest_host_uid, guest_host_gid) if guest_host_uid is not None else None
         # The guest's set-id bits live in the ownership store, not on host files
         # (umlrun/syscalls/files.py split_setid): when root, unless --host-setid.
-        self.setid_in_store = self.chown_to is not None
+        self.setid_in_store = self.chown_to is not None and not host_setid
         self.exit_status: int | None = None
         self.me = os.getpid()
         self.senders: dict[tuple[int, int], tuple[int, int]] = {}  # (host task, sig) -> (guest pid, uid)
         self.placeholder_dir: str | None = None  # for files standing in for unhandable objects
+        self.abstract_dir: str | None = None     # the jail's abstract AF_UNIX names (umlrun/syscalls/unixaddr.py)
+        self.unix_sender = 0                     # the guest the supervisor last sent an AF_UNIX message for
         self._placeholders = 0
         self._reported: set = set()              # internal errors already reported
         self.lost_forks: list = []               # (tgid, when): a fork event lost (the parent died in it)

@@ -372,7 +372,7 @@ def _ucred_to_guest(k, tid: int, addr: int) -> None:
     """A struct ucred {pid, uid, gid} in guest memory, from the host's names to the guest's."""
     pid, uid, gid = struct.unpack("iII", k.platform.read(tid, addr, 12))
     if pid == k.me:  # a message the supervisor sent for a guest (sendmsg.py): the last it sent for
-        pid = getattr(k, "_unix_sender", pid)
+        pid = k.unix_sender or pid
     k.platform.write(tid, addr, struct.pack("iII", k.procs.vpid(pid), *k.guest_ids(pid, uid, gid)))
 
 

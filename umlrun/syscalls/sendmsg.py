@@ -130,7 +130,7 @@ def _host_ucred(k, c: Call) -> bytes:
     """The credentials the peer sees: the guest's host ones where the supervisor
     may say so (root), else the supervisor's pid, the only one the kernel allows."""
     pid = c.proc.tgid if k.chown_to is not None else os.getpid()
-    k._unix_sender = c.proc.tgid
+    k.unix_sender = c.proc.tgid
     return struct.pack("iII", pid, *k.host_ids())
 
 

@@ -49,7 +49,7 @@ class AbstractNames:
 
     def __init__(self, k):
         self.k = k
-        path = getattr(k, "abstract_dir", None) or tempfile.mkdtemp(prefix="umlrun-abstract-")
+        path = k.abstract_dir or tempfile.mkdtemp(prefix="umlrun-abstract-")
         os.chmod(path, 0o700)
         if k.chown_to is not None:  # the guest's host user binds there (guest_identity)
             os.chown(path, *k.chown_to)
