@@ -48,6 +48,19 @@ static void hold_forever(void)
         pause();
 }
 
+/* The parent's side of a clone: its result (errno kept for ck), then the child's exit. */
+static int reap(const char *call, const char *child, long c)
+{
+    int e = errno, status = 0;
+    if (c > 0)
+        waitpid(c, &status, 0);
+    errno = e;
+    if (ck(call, c) < 0)
+        return 0;
+    printf("%s child pid %ld exit %d\n", child, c, WEXITSTATUS(status));
+    return 0;
+}
+
 static int untraced(void)
 {
     fflush(stdout);
@@ -57,14 +70,7 @@ static int untraced(void)
         fflush(stdout);
         _exit(7);
     }
-    int e = errno, status = 0;
-    if (c > 0)
-        waitpid(c, &status, 0);
-    errno = e;
-    if (ck("clone CLONE_UNTRACED", c) < 0)
-        return 0;
-    printf("untraced child pid %ld exit %d\n", c, WEXITSTATUS(status));
-    return 0;
+    return reap("clone CLONE_UNTRACED", "untraced", c);
 }
 
 static int untraced3(void)
@@ -79,14 +85,7 @@ static int untraced3(void)
         fflush(stdout);
         _exit(7);
     }
-    int e = errno, status = 0;
-    if (c > 0)
-        waitpid(c, &status, 0);
-    errno = e;
-    if (ck("clone3 CLONE_UNTRACED", c) < 0)
-        return 0;
-    printf("clone3 child pid %ld exit %d\n", c, WEXITSTATUS(status));
-    return 0;
+    return reap("clone3 CLONE_UNTRACED", "clone3", c);
 }
 
 static int maxpids(void)
