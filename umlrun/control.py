@@ -15,6 +15,7 @@ import tempfile
 import threading
 
 from hostfs.procfs import guest_cmdline
+from umlrun.process import proc_stat
 
 MAX_REQUEST = 256
 
@@ -34,8 +35,7 @@ def process_list(k) -> list[dict]:
     out = []
     for tgid in sorted(k.procs.tgids(), key=k.procs.vpid):
         try:
-            with open(f"/proc/{tgid}/stat", "rb") as f:
-                state = f.read().rpartition(b")")[2].split()[0].decode()
+            state = proc_stat(tgid)[0].decode()
             with open(f"/proc/{tgid}/cmdline", "rb") as f:
                 cmdline = f.read()
             proc = k.procs.get(tgid)

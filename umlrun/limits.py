@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from umlrun.call import CONTINUE, Call, SysError
+from umlrun.process import proc_stat
 
 WATCH_PERIOD = 0.1
 EXIT_TIMEOUT = 124                    # as timeout(1)
@@ -130,9 +131,7 @@ class Watchdog:
         ticks = 0
         for tgid in self.k.procs.tgids():
             try:
-                with open(f"/proc/{tgid}/stat", "rb") as f:
-                    fields = f.read().rpartition(b")")[2].split()
-                ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+                ticks += sum(int(x) for x in proc_stat(tgid)[11:15])  # utime stime cutime cstime
             except (OSError, IndexError, ValueError):
                 pass
         own = resource.getrusage(resource.RUSAGE_CHILDREN)

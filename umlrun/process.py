@@ -35,6 +35,13 @@ def proc_status(tid: int, *keys: bytes) -> dict[bytes, bytes]:
     return found
 
 
+def proc_stat(tid: int) -> list[bytes]:
+    """A host task's /proc stat after its command name: [state, ppid, pgrp,
+    session, tty_nr, ...]; OSError if the task is gone."""
+    with open(f"/proc/{tid}/stat", "rb") as f:
+        return f.read().rpartition(b")")[2].split()
+
+
 def catches(tgid: int, sig: int) -> bool:
     """Whether the process has a handler for sig (SigCgt in its status)."""
     try:

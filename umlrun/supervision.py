@@ -17,7 +17,7 @@ import errno
 import os
 import time
 
-from umlrun.process import CLONE_FS, CLONE_THREAD, proc_status
+from umlrun.process import CLONE_FS, CLONE_THREAD, proc_stat, proc_status
 
 LOST_FORK_WAIT = 2.0  # seconds a lost fork event waits for its child to show
 
@@ -42,9 +42,8 @@ def in_trace_stop(tgid: int) -> bool:
     """Whether a thread of the process is in a ptrace stop (state t)."""
     try:
         for task in os.listdir(f"/proc/{tgid}/task"):
-            with open(f"/proc/{tgid}/task/{task}/stat", "rb") as f:
-                if f.read().rpartition(b")")[2].split()[0] == b"t":
-                    return True
+            if proc_stat(int(task))[0] == b"t":
+                return True
     except (OSError, IndexError):
         pass
     return False

@@ -32,6 +32,7 @@ import os
 import struct
 
 from umlrun.call import CONTINUE, Call, SysError
+from umlrun.process import proc_stat
 from umlrun.syscalls.files import s32
 
 SHM, SEM, MSG = "shm", "sem", "msg"
@@ -99,8 +100,7 @@ def _remove_recorded(objects, uid: int) -> None:
 
 def _start_time(pid: int) -> int | None:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rpartition(b")")[2].split()[19])
+        return int(proc_stat(pid)[19])
     except (OSError, IndexError, ValueError):
         return None
 

@@ -20,7 +20,7 @@ import stat
 import struct
 
 from umlrun.call import GUEST_ERRORS, Call, SysError
-from umlrun.process import proc_status
+from umlrun.process import proc_stat, proc_status
 from umlrun.syscalls.files import s32
 
 P_PID, P_PGID = 1, 2
@@ -284,18 +284,12 @@ def _status_masks(tid: int) -> tuple[int, int]:
     return int(masks.get(b"SigBlk", b"0"), 16), int(masks.get(b"SigIgn", b"0"), 16)
 
 
-def _stat_fields(tid: int) -> list[bytes]:
-    """/proc/TID/stat after the command name: [state, ppid, pgrp, session, tty_nr, ...]."""
-    with open(f"/proc/{tid}/stat", "rb") as f:
-        return f.read().rpartition(b")")[2].split()
-
-
 def _orphaned(k, hpgid: int) -> bool:
     """Linux's orphaned process group: no member has a parent in another group
     of the same session."""
     for p in group_leaders(k, hpgid):
         try:
-            ppid = int(_stat_fields(p.tgid)[1])
+            ppid = int(proc_stat(p.tgid)[1])
             if os.getpgid(ppid) != hpgid and os.getsid(ppid) == os.getsid(p.tgid):
                 return False
         except OSError:
@@ -322,7 +316,7 @@ def _set_foreground(k, c: Call):
 def _set_foreground_in_our_session(k, c: Call, fd: int):
     # Linux's first check: the descriptor is the caller's controlling terminal
     # (or /dev/tty, which is that terminal opened by another name).
-    ctty = int(_stat_fields(c.pid)[4])
+    ctty = int(proc_stat(c.pid)[4])
     if ctty == 0 or os.fstat(fd).st_rdev not in (ctty, DEV_TTY):
         raise SysError(errno.ENOTTY)
     foreground = os.tcgetpgrp(fd)
