@@ -87,9 +87,10 @@ class MountTable:
         self._roots = None
         return m
 
-    def save_stores(self) -> bool:
+    def save_stores(self) -> None:
         """Every store written back; one that cannot be says so on stderr (the others are still saved)."""
-        return all([m.store.save() for m in self.by_point.values()])
+        for m in self.by_point.values():
+            m.store.save()
 
     @property
     def root(self) -> Mount:

@@ -81,19 +81,18 @@ class OwnershipStore:
                                      f"fix or delete {STORE_NAME.decode()} there to reset ownership") from None
                 self.entries[ino] = Entry(uid, gid, kind, rdev)
 
-    def save(self) -> bool:
-        """Write the store back; False (and one line on stderr) if it cannot be."""
+    def save(self) -> None:
+        """Write the store back; one line on stderr if it cannot be."""
         if self.dir_fd is None or not self.dirty:
-            return True
+            return
         try:
             with _owner_access(self.dir_fd, stat.S_IWUSR | stat.S_IXUSR):
                 self._write()
         except OSError as e:
             sys.stderr.write(f"umlrun: cannot save the ownership store of {self.label}: {e.strerror}; "
                              "the guest's ownership changes there are lost\n")
-            return False
+            return
         self.dirty = False
-        return True
 
     def _write(self) -> None:
         tmp = STORE_NAME + b".tmp"
