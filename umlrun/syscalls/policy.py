@@ -9,31 +9,6 @@ unprivileged caller (EPERM) or ENOSYS where the kernel may lack it anyway.
 """
 import errno
 
-from umlrun.syscalls.table import NATIVE
-
-NATIVE_CALLS = """
-read write close poll lseek mmap mprotect munmap brk rt_sigaction rt_sigprocmask rt_sigreturn ioctl
-pread64 pwrite64 readv writev pipe select sched_yield mremap msync mincore madvise
-dup dup2 pause nanosleep getitimer alarm setitimer sendfile socket accept recvfrom recvmsg
-shutdown listen getsockname getpeername socketpair setsockopt getsockopt clone fork vfork exit
-shmdt fcntl flock fsync fdatasync ftruncate getdents
-umask gettimeofday getrlimit getrusage sysinfo times rt_sigpending rt_sigtimedwait rt_sigsuspend
-sigaltstack personality fstatfs mlock munlock mlockall munlockall prctl arch_prctl setrlimit sync
-readahead fgetxattr flistxattr time futex set_thread_area io_setup io_destroy io_getevents io_submit
-io_cancel get_thread_area epoll_create remap_file_pages getdents64 sched_get_priority_max
-sched_get_priority_min restart_syscall fadvise64 timer_create timer_settime timer_gettime
-timer_getoverrun timer_delete clock_gettime clock_getres clock_nanosleep exit_group epoll_wait
-epoll_ctl mbind set_mempolicy get_mempolicy mq_timedsend mq_timedreceive mq_notify mq_getsetattr
-inotify_init inotify_rm_watch pselect6 ppoll set_robust_list splice tee sync_file_range vmsplice
-epoll_pwait signalfd timerfd_create eventfd fallocate timerfd_settime timerfd_gettime accept4
-signalfd4 eventfd2 epoll_create1 dup3 pipe2 inotify_init1 preadv pwritev recvmmsg syncfs getcpu
-seccomp getrandom memfd_create membarrier mlock2 copy_file_range preadv2 pwritev2 pkey_mprotect
-pkey_alloc pkey_free io_pgetevents rseq close_range pidfd_getfd process_madvise epoll_pwait2
-landlock_create_ruleset landlock_add_rule landlock_restrict_self memfd_secret process_mrelease
-futex_waitv set_mempolicy_home_node cachestat map_shadow_stack futex_wake futex_wait futex_requeue
-lsm_get_self_attr lsm_list_modules mseal userfaultfd modify_ldt
-"""
-
 DENIED_EPERM = """
 ptrace syslog settimeofday clock_settime clock_adjtime adjtimex mount umount2 pivot_root swapon
 swapoff reboot iopl ioperm init_module delete_module finit_module kexec_load kexec_file_load
@@ -52,18 +27,18 @@ removexattrat file_getattr file_setattr
 """
 
 
-# Why each native call is safe: none names a host process, process group, uid-wide
-# set or host-wide name, or the ones that could are traced or refused by their
-# command (what the table's note says). Issue 11's rule: a guest names processes
-# by guest pid only (ESRCH for any other), and a call that would act on a whole
-# uid acts on the jail's processes of that uid only.
+# The native calls, by why each is safe (the table's note): none names a host
+# process, process group, uid-wide set or host-wide name, or the commands of it
+# that could are traced or refused (what the rest of the note says). A guest
+# names processes by guest pid only (ESRCH for any other), and a call that
+# would act on a whole uid acts on the jail's processes of that uid only.
 WHY_NATIVE = {
     "a descriptor the guest holds (its data path; no name)": """
         read write close poll lseek pread64 pwrite64 readv writev select sendfile dup dup2 dup3 flock
         fsync fdatasync ftruncate getdents getdents64 fstatfs readahead fgetxattr flistxattr fadvise64
         epoll_wait epoll_ctl epoll_pwait epoll_pwait2 splice tee vmsplice sync_file_range fallocate
         copy_file_range preadv pwritev preadv2 pwritev2 syncfs pselect6 ppoll inotify_rm_watch cachestat
-        close_range accept accept4 recvfrom recvmsg recvmmsg shutdown listen getsockname getpeername
+        close_range recvfrom recvmsg recvmmsg shutdown listen
         mq_timedsend mq_timedreceive mq_getsetattr io_getevents io_submit io_cancel io_pgetevents io_destroy""",
     "a new object only the caller holds": """
         pipe pipe2 socket socketpair eventfd eventfd2 signalfd signalfd4 timerfd_create timerfd_settime
@@ -78,11 +53,11 @@ WHY_NATIVE = {
         getrusage times personality arch_prctl set_thread_area get_thread_area modify_ldt set_robust_list
         rseq restart_syscall exit exit_group sched_yield sched_get_priority_max sched_get_priority_min
         getcpu seccomp lsm_get_self_attr lsm_list_modules timer_settime timer_gettime timer_getoverrun
-        timer_delete""",
+        timer_delete shmdt""",
     "no name at all (clocks, randomness, host-wide counters or flushes)": """
         gettimeofday time clock_gettime clock_getres clock_nanosleep getrandom sysinfo sync membarrier""",
     "a child, which the tracer sees and joins to the jail before it runs (Kernel.on_fork)": """
-        clone fork vfork clone3""",
+        clone fork vfork""",
     "futex words are the caller's memory; a PI futex names its owner by host tid, so a guest can at most"
     " attach a waiter to a host task (priority inheritance), never signal or inspect it": """
         futex futex_waitv futex_wake futex_wait futex_requeue""",
@@ -95,22 +70,15 @@ WHY_NATIVE = {
     "options act on the caller, except the one below; PR_SET_PTRACER names who may trace the caller,"
     " it reaches no one": "prctl",
     "options act on the socket, except those below": "getsockopt setsockopt",
-    "SIGEV_THREAD_ID must name a thread of the caller (EINVAL otherwise); CPU clocks below":
-        "timer_create",
     "signals the caller only (SIGEV_THREAD_ID is EINVAL); no queue can be opened (mq_open is refused)": "mq_notify",
-    "SysV IPC by key and id: host-wide names (their per-jail view is another part of issue 11)": """
-        shmget shmat shmctl shmdt semget semop semctl semtimedop msgget msgsnd msgrcv msgctl""",
 }
 
 TIOCSTI = 0x5412
 
 
 def register(table) -> None:
-    table.native(NATIVE_CALLS, note="host kernel")
     for why, names in WHY_NATIVE.items():
-        for name in names.split():
-            if table[name].disposition == NATIVE:
-                table[name].note = why
+        table.native(names, note=why)
     # Faking terminal input would let a guest type into the user's shell once the
     # jail is over (the sandbox escape of CVE-2017-5226): refused in the filter.
     table.refuse("ioctl", 1, TIOCSTI, errno.EPERM, "TIOCSTI refused")
