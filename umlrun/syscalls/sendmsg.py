@@ -25,8 +25,8 @@ from sysemu._sysemu import ffi, lib
 from sysemu.platform import GuestFault
 from umlrun.call import Call, SysError
 from umlrun.syscalls.files import s32
-from umlrun.syscalls.pids import MAX_CONTROL, SCM_CREDENTIALS, check_ucred
-from umlrun.syscalls.sockets import MAX_DATAGRAM, in_worker, send_copy, sigpipe, target_of
+from umlrun.syscalls.pids import MAX_CONTROL, SCM_CREDENTIALS, SOL_SOCKET, check_ucred
+from umlrun.syscalls.sockets import MAX_DATAGRAM, MSG_DONTWAIT, in_worker, send_copy, sigpipe, target_of
 from umlrun.syscalls.unixaddr import (
     ABSTRACT_TARGET,
     ALL,
@@ -42,8 +42,7 @@ from umlrun.syscalls.unixaddr import (
 
 NR_SENDMSG = 46
 MSGHDR, MMSGHDR, UIO_MAXIOV = 56, 64, 1024
-SOL_SOCKET, SCM_RIGHTS = 1, 1
-MSG_DONTWAIT = 0x40
+SCM_RIGHTS = 1
 CMSG_HDR = 16
 _ALIGN = 7
 

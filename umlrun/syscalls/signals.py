@@ -26,7 +26,7 @@ from sysemu._sysemu import ffi, lib
 from umlrun.call import ARG_REGS, CONTINUE, GUEST_ERRORS, Call, SysError
 from umlrun.process import catches
 from umlrun.syscalls.files import guest_fd_link, s32
-from umlrun.syscalls.pids import group_leaders, host_of_group, host_of_live, leaders
+from umlrun.syscalls.pids import NO_PID, group_leaders, host_of_group, host_of_live, leaders
 
 PRIO_PROCESS, PRIO_PGRP = 0, 1
 IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP = 1, 2
@@ -189,7 +189,6 @@ def who_arg(process: int, pgrp: int):
 
 PRIO_USER, IOPRIO_WHO_USER = 2, 3
 NR_IOPRIO_SET, NR_IOPRIO_GET = 251, 252
-NO_PID = 0x7FFFFFFF  # above PID_MAX_LIMIT: no process has it
 IOPRIO_DEFAULT = (2 << 13) | 4  # best effort, level 4
 
 

@@ -20,7 +20,7 @@ import threading
 from hostfs.pathwalk import prepare_create
 from sysemu._sysemu import ffi, lib
 from umlrun.call import DEFERRED, GUEST_ERRORS, Call, SysError
-from umlrun.syscalls.files import AT_FDCWD, check_dir_writable, check_writable, lookup, s32
+from umlrun.syscalls.files import AT_EMPTY_PATH, AT_FDCWD, check_dir_writable, check_writable, lookup, s32
 from umlrun.syscalls.unixaddr import (
     ABSTRACT_TARGET,
     NR_BIND,
@@ -46,7 +46,7 @@ from umlrun.syscalls.unixaddr import (
 MAX_DATAGRAM = 1 << 22  # a send the supervisor makes copies the data once; larger is EMSGSIZE
 NR_GETPEERNAME, NR_TGKILL = 52, 234
 MSG_DONTWAIT, MSG_NOSIGNAL = 0x40, 0x4000
-AT_EMPTY_PATH, NR_FCHOWNAT = 0x1000, 260
+NR_FCHOWNAT = 260
 
 
 def read_addr(c: Call, addr: int, size: int) -> bytes:
