@@ -135,11 +135,8 @@ def in_worker(k, c: Call, run) -> object:
             platform.respond(nid, -e.errno)
         except OSError as e:
             platform.respond(nid, -(e.errno or errno.EIO))
-        except Exception:
-            k.report_bug(f"syscall {c.nr} on a worker thread")
-            platform.respond(nid, -errno.EIO)
 
-    threading.Thread(target=k.guarded(work, nid, "a socket call"), daemon=True).start()
+    threading.Thread(target=k.guarded(work, nid, f"syscall {c.nr} on a worker thread"), daemon=True).start()
     return DEFERRED
 
 
@@ -266,16 +263,14 @@ def sys_accept_addr(k, c: Call):
             return
         if k.platform.read(tid, addr, 2) != socket.AF_UNIX.to_bytes(2, "little"):
             return
-        from sysemu.platform import pidfd_getfd
-        hostfd = pidfd_getfd(proc.get_pidfd(), regs.rax)
+        hostfd = k.guest_fd(c, regs.rax)
         try:
             name = _name_of(NR_GETPEERNAME, hostfd)
         finally:
             os.close(hostfd)
         guest = to_guest(k, name)
         if guest != name:
-            c.write(addr, guest[:inlen])
-            c.write(lenp, len(guest).to_bytes(4, "little"))
+            _give_name(c, addr, lenp, inlen, guest)
     proc.at_exit = fix
     return None
 
