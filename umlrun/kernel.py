@@ -62,6 +62,8 @@ class Kernel(PtraceStops):
         self.senders: dict[tuple[int, int], tuple[int, int]] = {}  # (host task, sig) -> (guest pid, uid)
         self.placeholder_dir: str | None = None  # for files standing in for unhandable objects
         self.abstract_dir: str | None = None     # the jail's abstract AF_UNIX names (umlrun/syscalls/unixaddr.py)
+        self.abstract_names = None               # unixaddr.AbstractNames, made at the guest's first use
+        self.unix_bound: dict = {}               # host address of a path socket the jail bound -> the guest's
         self.unix_sender = 0                     # the guest the supervisor last sent an AF_UNIX message for
         self._placeholders = 0
         self._reported: set = set()              # internal errors already reported

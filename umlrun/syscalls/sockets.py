@@ -36,6 +36,7 @@ from umlrun.syscalls.unixaddr import (
     guest_identity,
     hold_socket,
     is_unix,
+    name_of,
     raw_call,
     sockopt,
     to_guest,
@@ -216,15 +217,6 @@ def send_copy(k, c: Call, hostfd: int, held, flags: int, length: int, stream: bo
 
 # ---- names the kernel gives back -----------------------------------------------------
 
-def _name_of(nr: int, hostfd: int) -> bytes:
-    buf = ffi.new("char[]", SOCKADDR_MAX)
-    size = ffi.new("int *", SOCKADDR_MAX)
-    r = lib.sysemu_syscall6(nr, hostfd, int(ffi.cast("long", buf)), int(ffi.cast("long", size)), 0, 0, 0)
-    if r < 0:
-        raise SysError(-r)
-    return bytes(ffi.buffer(buf, min(size[0], SOCKADDR_MAX)))
-
-
 def _give_name(c: Call, addr: int, lenp: int, inlen: int, name: bytes) -> None:
     """Linux's value-result address: at most inlen bytes, and the full length."""
     if inlen < 0:
@@ -239,7 +231,7 @@ def _sockname(nr: int):
         inlen = int.from_bytes(c.read(c.args[2], 4), "little", signed=True)
         hostfd = k.guest_fd(c, s32(c.args[0]))
         try:
-            name = to_guest(k, _name_of(nr, hostfd))
+            name = to_guest(k, name_of(nr, hostfd))
         finally:
             os.close(hostfd)
         _give_name(c, c.args[1], c.args[2], inlen, name)
@@ -265,7 +257,7 @@ def sys_accept_addr(k, c: Call):
             return
         hostfd = k.guest_fd(c, regs.rax)
         try:
-            name = _name_of(NR_GETPEERNAME, hostfd)
+            name = name_of(NR_GETPEERNAME, hostfd)
         finally:
             os.close(hostfd)
         guest = to_guest(k, name)

@@ -117,10 +117,10 @@ ABSTRACT_TARGET = AbstractTarget()
 
 
 def abstract(k) -> AbstractNames:
-    ns = getattr(k, "_abstract_names", None)
-    if ns is None:
-        ns = k._abstract_names = AbstractNames(k)
-    return ns
+    """The jail's abstract namespace, made when the guest first uses it."""
+    if k.abstract_names is None:
+        k.abstract_names = AbstractNames(k)
+    return k.abstract_names
 
 
 def is_unix(raw: bytes) -> bool:
@@ -140,14 +140,7 @@ def to_guest(k, raw: bytes) -> bytes:
     name = abstract(k).guest_name(path)
     if name is not None:
         return _FAMILY + b"\0" + name
-    return _bound(k).get(path, raw)
-
-
-def _bound(k) -> dict:
-    names = getattr(k, "_unix_bound", None)
-    if names is None:
-        names = k._unix_bound = {}
-    return names
+    return k.unix_bound.get(path, raw)
 
 
 def bound_path(k, parent_fd: int, name: bytes, guest_path: bytes) -> tuple[bytes, int]:
@@ -155,7 +148,7 @@ def bound_path(k, parent_fd: int, name: bytes, guest_path: bytes) -> tuple[bytes
     `name` in the directory parent_fd: /proc/self/fd/N/name, with N chosen
     so that no other name the jail bound reads the same; the guest gets its
     own path back where the kernel shows the address (getsockname...)."""
-    names = _bound(k)
+    names = k.unix_bound
     if len(names) >= MAX_BOUND:
         names.pop(next(iter(names)))
     fds = [os.dup(parent_fd)]
@@ -229,12 +222,21 @@ def hold_socket(k, c, path: bytes) -> HeldSocket:
     raise SysError(errno.ELOOP)
 
 
-def unbound(hostfd: int) -> bool:
+def name_of(nr: int, hostfd: int) -> bytes:
+    """The address getsockname or getpeername (nr) gives for a host socket."""
     buf = ffi.new("char[]", SOCKADDR_MAX)
     size = ffi.new("int *", SOCKADDR_MAX)
-    r = lib.sysemu_syscall6(NR_GETSOCKNAME, hostfd, int(ffi.cast("long", buf)), int(ffi.cast("long", size)),
-                            0, 0, 0)
-    return r == 0 and size[0] <= 2
+    r = lib.sysemu_syscall6(nr, hostfd, int(ffi.cast("long", buf)), int(ffi.cast("long", size)), 0, 0, 0)
+    if r < 0:
+        raise SysError(-r)
+    return bytes(ffi.buffer(buf, min(size[0], SOCKADDR_MAX)))
+
+
+def unbound(hostfd: int) -> bool:
+    try:
+        return len(name_of(NR_GETSOCKNAME, hostfd)) <= 2
+    except SysError:
+        return False
 
 
 def autobind(k, hostfd: int) -> None:
