@@ -261,8 +261,9 @@ def sockopt(hostfd: int, opt: int) -> int:
 
 def autobind_if_passcred(k, hostfd: int) -> None:
     """An unbound AF_UNIX socket with SO_PASSCRED is autobound by connect and
-    send: do it first, so that the name lands in the jail's namespace."""
-    if sockopt(hostfd, SO_DOMAIN) != socket.AF_UNIX or sockopt(hostfd, SO_PASSCRED) <= 0:
+    send: do it first, so that the name lands in the jail's namespace. (Its
+    callers have found hostfd an AF_UNIX socket already.)"""
+    if sockopt(hostfd, SO_PASSCRED) <= 0:
         return
     if unbound(hostfd):
         try:
