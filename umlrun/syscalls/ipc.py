@@ -31,6 +31,7 @@ import errno
 import os
 import struct
 
+from sysemu._sysemu import lib
 from umlrun.call import CONTINUE, Call, SysError
 from umlrun.process import proc_stat
 from umlrun.syscalls.files import s32
@@ -40,6 +41,7 @@ IPC_PRIVATE = 0
 IPC_RMID, IPC_STAT, IPC_INFO = 0, 2, 3
 IPC_64 = 0x100
 SEM_GETPID = 11
+NR_SHMCTL, NR_SEMCTL, NR_MSGCTL = 31, 66, 71
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -78,14 +80,10 @@ def host_objects(kind: str) -> dict[int, dict[str, int]]:
 
 
 def remove_host_object(kind: str, ident: int) -> None:
-    import ctypes  # here: most jails never remove an object (ctypes costs 10 ms to import)
-    _libc = ctypes.CDLL(None, use_errno=True)
-    if kind == SHM:
-        _libc.shmctl(ident, IPC_RMID, None)
-    elif kind == SEM:
-        _libc.semctl(ident, 0, IPC_RMID)
-    else:
-        _libc.msgctl(ident, IPC_RMID, None)
+    if kind == SEM:  # semctl(id, semnum, cmd, arg)
+        lib.sysemu_syscall6(NR_SEMCTL, ident, 0, IPC_RMID, 0, 0, 0)
+    else:            # shmctl/msgctl(id, cmd, buf)
+        lib.sysemu_syscall6(NR_SHMCTL if kind == SHM else NR_MSGCTL, ident, IPC_RMID, 0, 0, 0, 0)
 
 
 def _remove_recorded(objects, uid: int) -> None:
