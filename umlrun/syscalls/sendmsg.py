@@ -12,7 +12,7 @@ taken from the guest's table, SCM_CREDENTIALS checked on the guest's view.
 The peer sees the sender's credentials: with a root supervisor they are the
 guest's host pid and ids (SCM_CREDENTIALS sent explicitly); without root the
 kernel allows only the supervisor's own pid, which the receiving guest's
-recvmsg maps back to the last guest the supervisor sent for (pids.py).
+recvmsg maps back to the last guest the supervisor sent for (peercred.py).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from sysemu._sysemu import ffi, lib
 from sysemu.platform import GuestFault
 from umlrun.call import Call, SysError
 from umlrun.syscalls.files import s32
-from umlrun.syscalls.pids import MAX_CONTROL, SCM_CREDENTIALS, SOL_SOCKET, check_ucred
+from umlrun.syscalls.peercred import MAX_CONTROL, SCM_CREDENTIALS, SOL_SOCKET, check_ucred
 from umlrun.syscalls.sockets import MAX_DATAGRAM, MSG_DONTWAIT, in_worker, send_copy, sigpipe, target_of
 from umlrun.syscalls.unixaddr import (
     ABSTRACT_TARGET,

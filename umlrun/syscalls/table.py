@@ -211,6 +211,7 @@ def build_table() -> SyscallTable:
         identity,
         ipc,
         namespace,
+        peercred,
         pids,
         policy,
         signals,
@@ -221,7 +222,7 @@ def build_table() -> SyscallTable:
     )
     table = SyscallTable()
     policy.register(table)
-    for family in (files, statcalls, namespace, attrs, exec, identity, pids, signals, system, sockets, ipc,
-                   tasks):
+    for family in (files, statcalls, namespace, attrs, exec, identity, pids, peercred, signals, system, sockets,
+                   ipc, tasks):
         family.register(table)
     return table

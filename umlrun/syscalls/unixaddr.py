@@ -32,13 +32,14 @@ import tempfile
 from sysemu._sysemu import ffi, lib
 from umlrun.call import SysError
 from umlrun.syscalls.files import AT_FDCWD, check_access, lookup
+from umlrun.syscalls.peercred import SO_PASSCRED, SOL_SOCKET
 
 SOCKADDR_MAX = 128          # sizeof(struct sockaddr_storage)
 UNIX_PATH_MAX = 108
 NR_SETGROUPS, NR_SETRESUID, NR_SETRESGID, NR_SETFSUID, NR_SETFSGID = 116, 117, 119, 122, 123
 NR_GETSOCKNAME = 51
 NR_BIND, NR_CONNECT, NR_SENDTO, NR_GETSOCKOPT = 49, 42, 44, 55
-SOL_SOCKET, SO_TYPE, SO_PASSCRED, SO_DOMAIN = 1, 3, 16, 39
+SO_TYPE, SO_DOMAIN = 3, 39
 _FAMILY = struct.pack("H", socket.AF_UNIX)
 _AUTOBIND_TRIES = 64
 MAX_BOUND = 4096          # path names the jail bound, remembered for getsockname
