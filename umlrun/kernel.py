@@ -17,7 +17,7 @@ import traceback
 
 from hostfs.mount import MountTable
 from hostfs.pathwalk import PathWalk
-from sysemu.platform import NOTIFY, WALL, Platform
+from sysemu.platform import NOTIFY, WALL, Platform, pidfd_getfd
 from umlrun.call import CONTINUE, DEFERRED, GUEST_ERRORS, Call, InstallFd
 from umlrun.fastpath import FastPath
 from umlrun.hostids import OwnIds
@@ -272,5 +272,4 @@ class Kernel(PtraceStops):
 
     def guest_fd(self, call: Call, fd: int) -> int:
         """A supervisor copy of the guest's descriptor fd (caller closes it)."""
-        from sysemu.platform import pidfd_getfd
         return pidfd_getfd(call.proc.get_pidfd(), fd)
