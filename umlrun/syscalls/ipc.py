@@ -360,7 +360,8 @@ def proc_text(k, kind: str) -> bytes:
     except OSError:
         return b""
     names = header.split()
-    out = [header]
+    order = {o.id: i for i, o in enumerate(k.ipc.of_kind(kind))} if k.ipc is not None else {}
+    out = []
     for row in rows:
         fields = row.split()
         if len(fields) != len(names):
@@ -376,8 +377,10 @@ def proc_text(k, kind: str) -> bytes:
                 new[i] = b"%d" % obj.creator[0]
             elif name in (b"gid", b"cgid") and int(fields[i]) in k.own_gids:
                 new[i] = b"%d" % obj.creator[1]
-        out.append(_replace_fields(row, new))
-    return b"\n".join(out) + b"\n"
+        out.append((order[obj.id], _replace_fields(row, new)))
+    # In creation order, as a fresh namespace lists them (the host's order is its own
+    # index order, which depends on what the rest of the host made).
+    return b"\n".join([header] + [row for _order, row in sorted(out)]) + b"\n"
 
 
 def _replace_fields(row: bytes, new: dict[int, bytes]) -> bytes:
