@@ -1,0 +1,79 @@
+"""Attacks on the merged confinement, as a hostile guest makes them (issue 11).
+
+Probe: tests/probes/confine_attack.c.
+  - Filesystem ioctls through a descriptor opened for reading: chattr's
+    FS_IOC_SETFLAGS and FS_IOC_FSSETXATTR need the file's owner, not a writable
+    descriptor, so run natively they changed the inode flags of a lower-layer
+    file (the user's own, in the embedded default) and of a read-only bind. As
+    on Linux's overlayfs, the change goes to a copy-up (the host file keeps its
+    flags); a read-only bind is EROFS; a command not offered is ENOTTY.
+"""
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+from conftest import umlrun
+
+MODES = {"fast": (), "trace-all": ("--trace-all",)}
+
+
+def lsattr(path) -> str:
+    return subprocess.run(["lsattr", "-d", str(path)], capture_output=True, text=True, check=True).stdout.split()[0]
+
+
+def run_attack(probe_dir, args, mode, *probe_args):
+    r = umlrun("run", *MODES[mode], *args, "-b", f"{probe_dir}:/probes:ro", "--",
+               "/probes/confine_attack", *probe_args, timeout=60)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, (r.returncode, r.stdout, r.stderr)
+    return r.stdout.splitlines()
+
+
+# What Linux answers: a real overlay copies the file up and sets the flags there
+# (FS_IOC_ENABLE_VERITY is ENOTTY on overlayfs); a real read-only bind is EROFS.
+LOWER_EXPECTED = ["open ok", "getflags ok", "setflags ok", "fsgetxattr ok", "fssetxattr ok",
+                  "enable_verity -1 ENOTTY", "setflags_opath ok", "setflags_badptr -1 EFAULT",
+                  "getflags_after ok", "nodump=1"]
+RO_EXPECTED = ["open ok", "getflags ok", "setflags -1 EROFS", "fsgetxattr ok", "fssetxattr -1 EROFS",
+               "enable_verity -1 ENOTTY", "setflags_opath -1 EROFS", "setflags_badptr -1 EFAULT",
+               "getflags_after ok", "nodump=0"]
+
+
+@pytest.fixture(params=["busybox", "embedded"])
+def lower_file(request, busybox_root, tmp_path):
+    """(umlrun run arguments, guest path, host path) of a file in the overlay's lower layer,
+    owned by whoever runs the test (the user's own file, in the embedded default)."""
+    if request.param == "busybox":
+        lower = tmp_path / "lower"
+        shutil.copytree(busybox_root, lower, symlinks=True)
+        (lower / "v").mkdir()
+        host, guest, args = str(lower / "v" / "f"), "/v/f", ["-r", str(lower)]
+        yield args, guest, host
+        return
+    d = tempfile.mkdtemp(prefix="umlrun-attack-", dir="/var/tmp")  # the embedded default's /tmp is private
+    os.chmod(d, 0o755)
+    host = os.path.join(d, "f")
+    yield [], host, host
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fs_ioctls_never_change_a_lower_file(probe_dir, lower_file, mode):
+    args, guest, host = lower_file
+    with open(host, "wb") as f:
+        f.write(b"host data\n")
+    before = lsattr(host)
+    assert run_attack(probe_dir, args, mode, "fsioctl", guest) == LOWER_EXPECTED
+    assert lsattr(host) == before
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fs_ioctls_on_a_read_only_bind_are_erofs(probe_dir, busybox_root, tmp_path, mode):
+    src = tmp_path / "ro"
+    src.mkdir()
+    (src / "f").write_bytes(b"host data\n")
+    before = lsattr(src / "f")
+    for args in (["-r", busybox_root], []):
+        assert run_attack(probe_dir, [*args, "-b", f"{src}:/ro:ro"], mode, "fsioctl", "/ro/f") == RO_EXPECTED
+    assert lsattr(src / "f") == before
