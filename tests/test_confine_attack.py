@@ -77,3 +77,26 @@ def test_fs_ioctls_on_a_read_only_bind_are_erofs(probe_dir, busybox_root, tmp_pa
     for args in (["-r", busybox_root], []):
         assert run_attack(probe_dir, [*args, "-b", f"{src}:/ro:ro"], mode, "fsioctl", "/ro/f") == RO_EXPECTED
     assert lsattr(src / "f") == before
+
+
+# ---- the ownership store's temporary name ---------------------------------------------
+
+def test_store_temp_name_cannot_be_planted(busybox_root, tmp_path):
+    """The store was saved through a fixed temporary name at the bind's root that
+    the guest could make first: a FIFO there blocked the jail's end forever (even
+    SIGTERM), a hard link had the supervisor truncate the linked file. Names the
+    store begins are now the supervisor's (EACCES, like the store itself) and the
+    save makes a fresh name (O_EXCL)."""
+    rw = tmp_path / "rw"
+    rw.mkdir()
+    (rw / "a").write_bytes(b"host data\n")
+    script = ("mkfifo /rw/.umlrun-owners.tmp; ln /rw/a /rw/.umlrun-owners.tmp; ln -s a /rw/.umlrun-owners.tmp;"
+              " chown 5:5 /rw/a; echo guest-done")
+    r = umlrun("run", "-r", busybox_root, "-b", f"{rw}:/rw", "--", "/bin/sh", "-c", script, timeout=30)
+    assert r.returncode == 0 and r.stdout == "guest-done\n", (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and "cannot save" not in r.stderr, r.stderr
+    assert (rw / "a").read_bytes() == b"host data\n"
+    assert sorted(p.name for p in rw.iterdir()) == [".umlrun-owners", "a"]
+    assert (rw / ".umlrun-owners").is_file() and not (rw / ".umlrun-owners").is_symlink()
+    r = umlrun("run", "-r", busybox_root, "-b", f"{rw}:/rw", "--", "/bin/stat", "-c", "%u:%g", "/rw/a", timeout=30)
+    assert r.stdout == "5:5\n", (r.stdout, r.stderr)
