@@ -217,7 +217,9 @@ class OverlayFS:
         try:
             os.setxattr(b"/proc/self/fd/%d" % fd, OPAQUE_XATTR, b"y")
         except OSError:
-            os.close(os.open(OPAQUE_MARK, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=fd))
+            # Never through a name the guest made there meanwhile (a symlink, a FIFO).
+            os.close(os.open(OPAQUE_MARK, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             0o600, dir_fd=fd))
         finally:
             os.close(fd)
 
