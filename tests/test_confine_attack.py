@@ -100,3 +100,22 @@ def test_store_temp_name_cannot_be_planted(busybox_root, tmp_path):
     assert (rw / ".umlrun-owners").is_file() and not (rw / ".umlrun-owners").is_symlink()
     r = umlrun("run", "-r", busybox_root, "-b", f"{rw}:/rw", "--", "/bin/stat", "-c", "%u:%g", "/rw/a", timeout=30)
     assert r.stdout == "5:5\n", (r.stdout, r.stderr)
+
+
+# ---- copy-ups as root ------------------------------------------------------------------
+
+def test_a_copy_up_is_never_a_root_file_with_guest_content(busybox_root, tmp_path):
+    """Run as root, a copy-up of root's file was root's on the host with the
+    guest's content (a root-owned executable the guest wrote, kept with
+    --overlay); it is the jail's host user's, as in a user-namespaced container,
+    and the guest still sees root's file. As a user, everything is the user's."""
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    script = ("echo 'echo guest' >> /etc/profile; echo x >> /bin/busybox; mkdir -p /usr/share/new;"
+              " stat -c '%u:%g %n' /etc/profile /bin/busybox /etc /usr/share")
+    r = umlrun("run", "-r", busybox_root, "--overlay", kept, "--", "/bin/sh", "-c", script, timeout=60)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert r.stdout.splitlines() == ["0:0 /etc/profile", "0:0 /bin/busybox", "0:0 /etc", "0:0 /usr/share"]
+    made = [p for p in kept.rglob("*") if p.name != ".umlrun-owners"]
+    assert {"profile", "busybox", "share", "new"} <= {p.name for p in made}
+    assert [str(p) for p in made if p.lstat().st_uid == 0 or p.lstat().st_gid == 0] == []

@@ -348,6 +348,10 @@ class Jail:
         if self.ids is not None:
             k.own_uids, k.own_gids = hostids.OwnIds(k.own_uids), hostids.OwnIds(k.own_gids)
         k.setid_in_store = self.ids is not None and not cfg.host_setid
+        if self.ids is not None:
+            for m in self.mounts.by_point.values():
+                if m.overlay is not None:
+                    m.overlay.copy_owner = (self.ids.uid, self.ids.gid)
         net_tap.apply(k.table, cfg.net)
         jail_limits.apply(k.table, cfg.limits)
         self.procfs.k, k.procfs, k.devpts = k, self.procfs, self.devpts
