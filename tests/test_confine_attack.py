@@ -119,3 +119,25 @@ def test_a_copy_up_is_never_a_root_file_with_guest_content(busybox_root, tmp_pat
     made = [p for p in kept.rglob("*") if p.name != ".umlrun-owners"]
     assert {"profile", "busybox", "share", "new"} <= {p.name for p in made}
     assert [str(p) for p in made if p.lstat().st_uid == 0 or p.lstat().st_gid == 0] == []
+
+
+# ---- host paths through a guest's symlink -----------------------------------------------
+
+def test_a_bind_through_a_symlink_a_guest_made_is_refused_as_root(busybox_root, tmp_path):
+    """A guest that could write a directory leaves a symlink there to a host
+    directory of its choice; a later jail bound through that path (-b, --overlay,
+    -r) got the chosen directory, writable, with root's authority. Run as root,
+    a path through a symlink owned by a jails' host uid is refused (one line);
+    as a user, the guest's symlink is the user's and reaches nothing more."""
+    rw, target = tmp_path / "rw", tmp_path / "target"
+    rw.mkdir(), target.mkdir()
+    r = umlrun("run", "-r", busybox_root, "-b", f"{rw}:/rw", "--", "/bin/ln", "-s", str(target), "/rw/sub",
+               timeout=60)
+    assert r.returncode == 0 and os.path.islink(rw / "sub"), r.stderr
+    for how in (["-b", f"{rw}/sub:/sub"], ["--overlay", f"{rw}/sub/kept"]):
+        r = umlrun("run", "-r", busybox_root, *how, "--", "/bin/touch", "/sub/f", timeout=60)
+        if os.geteuid() == 0:
+            assert r.returncode == 1 and "a symlink a jail's guest made" in r.stderr, (how, r.stderr)
+            assert r.stderr.count("\n") == 1 and list(target.iterdir()) == []
+        else:
+            assert "Traceback" not in r.stderr, r.stderr
