@@ -141,3 +141,26 @@ def test_a_bind_through_a_symlink_a_guest_made_is_refused_as_root(busybox_root, 
             assert r.stderr.count("\n") == 1 and list(target.iterdir()) == []
         else:
             assert "Traceback" not in r.stderr, r.stderr
+
+
+# ---- O_PATH ---------------------------------------------------------------------------
+
+def test_o_path_gives_no_data_a_guest_user_may_not_read(probe_dir, busybox_root, tmp_path):
+    """O_PATH needs only search permission. The jail cannot install a real O_PATH
+    descriptor and gave a read-only one instead: a guest user read a 0600 file of
+    the guest's root through it. A file the caller may not read is now a
+    stand-in (fstat answers for the file, no data; Linux's read is EBADF), and
+    execveat of it still runs an execute-only program, as on Linux."""
+    tree = tmp_path / "tree"
+    shutil.copytree(busybox_root, tree, symlinks=True)
+    (tree / "secret").write_bytes(b"top secret\n")
+    os.chmod(tree / "secret", 0o600)
+    shutil.copy(probe_dir / "confine_attack", tree / "xonly")
+    os.chmod(tree / "xonly", 0o711)
+    as_nobody = "su -s /probes/confine_attack nobody -- "
+    script = f"{as_nobody}opath /secret; {as_nobody}fexec /xonly; {as_nobody}fexec /secret"
+    r = umlrun("run", "-r", tree, "-b", f"{probe_dir}:/probes:ro", "--", "/bin/sh", "-c", script, timeout=60)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.stdout.splitlines() == ["open_path ok", "leaked=0", "fstat ok", "mode=100600 size=11",
+                                     "open_rdonly -1 EACCES", "open_path ok", "ran", "open_path ok",
+                                     "execveat -1 EACCES"]

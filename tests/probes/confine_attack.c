@@ -3,7 +3,11 @@
  *   fsioctl PATH  filesystem ioctls through a descriptor opened for reading:
  *                 chattr's FS_IOC_SETFLAGS and FS_IOC_FSSETXATTR (the kernel
  *                 checks the owner, not the open mode), and a command that is
- *                 not offered (FS_IOC_ENABLE_VERITY); the flags read back. */
+ *                 not offered (FS_IOC_ENABLE_VERITY); the flags read back.
+ *   opath PATH    a file opened O_PATH (search permission only): its data must
+ *                 not come with it; fstat works.
+ *   fexec PATH    execveat(O_PATH descriptor, "", AT_EMPTY_PATH) of PATH
+ *                 (an execute-only program runs: it prints "ran"). */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <linux/fs.h>
@@ -11,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include "probe.h"
 
@@ -45,8 +51,42 @@ static int fsioctl(const char *path)
     return 0;
 }
 
+static int opath(const char *path)
+{
+    int fd = open(path, O_PATH);
+    if (ck("open_path", fd) < 0)
+        return 1;
+    char buf[64];
+    long n = read(fd, buf, sizeof buf);
+    printf("leaked=%d\n", n > 0);
+    struct stat st;
+    ck("fstat", fstat(fd, &st));
+    printf("mode=%o size=%ld\n", (unsigned)st.st_mode, (long)st.st_size);
+    ck("open_rdonly", open(path, O_RDONLY));
+    return 0;
+}
+
+static int fexec(const char *path)
+{
+    int fd = open(path, O_PATH);
+    if (ck("open_path", fd) < 0)
+        return 1;
+    char *av[] = {"confine_attack", "ran", NULL}, *ev[] = {NULL};
+    syscall(SYS_execveat, fd, "", av, ev, AT_EMPTY_PATH);
+    ck("execveat", -1);
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 2 && !strcmp(argv[1], "ran")) {
+        printf("ran\n");
+        return 0;
+    }
+    if (argc == 3 && !strcmp(argv[1], "opath"))
+        return opath(argv[2]);
+    if (argc == 3 && !strcmp(argv[1], "fexec"))
+        return fexec(argv[2]);
     if (argc == 3 && !strcmp(argv[1], "fsioctl"))
         return fsioctl(argv[2]);
     fprintf(stderr, "usage: confine_attack fsioctl PATH\n");
