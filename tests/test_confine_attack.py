@@ -11,10 +11,11 @@ Probe: tests/probes/confine_attack.c.
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 
 import pytest
-from conftest import umlrun
+from conftest import REPO, umlrun
 
 MODES = {"fast": (), "trace-all": ("--trace-all",)}
 
@@ -164,3 +165,35 @@ def test_o_path_gives_no_data_a_guest_user_may_not_read(probe_dir, busybox_root,
     assert r.stdout.splitlines() == ["open_path ok", "leaked=0", "fstat ok", "mode=100600 size=11",
                                      "open_rdonly -1 EACCES", "open_path ok", "ran", "open_path ok",
                                      "execveat -1 EACCES"]
+
+
+# ---- locks on host files ----------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="flock and fcntl locks run natively on the host file: a lock on a "
+                   "lower-layer or read-only-bind file (a read descriptor is enough) blocks host processes; "
+                   "overlayfs would lock its own inode. Needs per-jail lock emulation for objects outside "
+                   "writable mounts")
+def test_a_guest_lock_on_a_lower_file_does_not_block_the_host(probe_dir, tmp_path):
+    import fcntl
+    d = tempfile.mkdtemp(prefix="umlrun-attack-", dir="/var/tmp")  # the embedded default's /tmp is private
+    os.chmod(d, 0o755)
+    victim = os.path.join(d, "lock")
+    with open(victim, "wb"):
+        pass
+    os.chmod(victim, 0o644)
+    guest = subprocess.Popen([sys.executable, "-m", "umlrun", "run", "-b", f"{probe_dir}:/probes:ro", "--",
+                              "/probes/confine_attack", "flock", victim],
+                             stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert guest.stdout.readline() == "open ok\n"
+        assert guest.stdout.readline() == "flock ok\n"
+        with open(victim, "rb") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                blocked = False
+            except BlockingIOError:
+                blocked = True
+        assert not blocked
+    finally:
+        guest.wait(timeout=30)
+        shutil.rmtree(d, ignore_errors=True)

@@ -7,13 +7,15 @@
  *   opath PATH    a file opened O_PATH (search permission only): its data must
  *                 not come with it; fstat works.
  *   fexec PATH    execveat(O_PATH descriptor, "", AT_EMPTY_PATH) of PATH
- *                 (an execute-only program runs: it prints "ran"). */
+ *                 (an execute-only program runs: it prints "ran").
+ *   flock PATH    an exclusive flock on PATH opened for reading, held 3 seconds. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <linux/fsverity.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -77,8 +79,20 @@ static int fexec(const char *path)
     return 1;
 }
 
+static int lock(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    if (ck("open", fd) < 0)
+        return 1;
+    ck("flock", flock(fd, LOCK_EX | LOCK_NB));
+    sleep(3);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 3 && !strcmp(argv[1], "flock"))
+        return lock(argv[2]);
     if (argc == 2 && !strcmp(argv[1], "ran")) {
         printf("ran\n");
         return 0;
