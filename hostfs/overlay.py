@@ -55,6 +55,10 @@ class OverlayFS:
         # ownership store keeps it: hostfs/ownership.py), so no copy made on the
         # guest's behalf is a set-id program of the host.
         self.setid_in_store = False
+        # A root supervisor's copy of root's object belongs to the jail's host user
+        # (uid, gid): a root-owned file with the guest's content is a file of root's
+        # the guest wrote. That user's files are the guest root's (umlrun/hostids.py).
+        self.copy_owner: tuple[int, int] | None = None
 
     # ---- the walk's side ---------------------------------------------------------
 
@@ -125,6 +129,7 @@ class OverlayFS:
                 st = os.fstat(lower)
                 OverlayFS.copy_ups += 1  # the directory's stat is now the upper one's
                 os.mkdir(name, stat.S_IMODE(st.st_mode) | 0o700, dir_fd=fd)
+                self._own_copy(name, st, fd)
                 nxt = os.open(name, O_DIRPATH, dir_fd=fd)
                 os.chmod(b"/proc/self/fd/%d" % nxt, stat.S_IMODE(st.st_mode))
                 os.utime(b"/proc/self/fd/%d" % nxt, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -148,6 +153,7 @@ class OverlayFS:
                 try:
                     dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=upper)
                     try:
+                        self._own_copy(dst, st, None)
                         _copy_data(src, dst, st.st_size)
                         os.fchmod(dst, self.copy_mode(st))
                         os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -161,6 +167,8 @@ class OverlayFS:
                 os.mkdir(tmp, stat.S_IMODE(st.st_mode), dir_fd=upper)
             else:  # fifos and sockets
                 os.mknod(tmp, stat.S_IFMT(st.st_mode) | self.copy_mode(st), dir_fd=upper)
+            if not stat.S_ISREG(st.st_mode):
+                self._own_copy(tmp, st, upper)
             os.rename(tmp, name, src_dir_fd=upper, dst_dir_fd=upper)
             self.copied_up.add((st.st_dev, st.st_ino))
         except BaseException:
@@ -172,6 +180,17 @@ class OverlayFS:
                     pass
             raise
         return upper
+
+    def _own_copy(self, target, st, dir_fd: int | None) -> None:
+        """Give a new upper copy of root's object st to copy_owner (see __init__)."""
+        if self.copy_owner is None or st.st_uid != 0:
+            return
+        uid, gid = self.copy_owner
+        gid = gid if st.st_gid == 0 else -1
+        if isinstance(target, int):
+            os.fchown(target, uid, gid)
+        else:
+            os.chown(target, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
 
     def copy_mode(self, st) -> int:
         """The host mode of the upper copy of a lower object (st): its own, but
@@ -217,7 +236,9 @@ class OverlayFS:
         try:
             os.setxattr(b"/proc/self/fd/%d" % fd, OPAQUE_XATTR, b"y")
         except OSError:
-            os.close(os.open(OPAQUE_MARK, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=fd))
+            # Never through a name the guest made there meanwhile (a symlink, a FIFO).
+            os.close(os.open(OPAQUE_MARK, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             0o600, dir_fd=fd))
         finally:
             os.close(fd)
 

@@ -61,11 +61,16 @@ class OwnershipStore:
     def _load(self) -> None:
         try:
             with _owner_access(self.dir_fd, stat.S_IXUSR):
-                fd = os.open(STORE_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
+                fd = os.open(STORE_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             dir_fd=self.dir_fd)
         except FileNotFoundError:
             return
         except OSError as e:
             raise StoreError(f"cannot read the ownership store of {self.label}: {e.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO would block the jail's start
+            os.close(fd)
+            raise StoreError(f"the ownership store of {self.label} is not a regular file; "
+                             f"delete {STORE_NAME.decode()} there to reset ownership")
         with os.fdopen(fd, "r") as f:
             for n, line in enumerate(f, 1):
                 parts = line.split()
@@ -95,8 +100,14 @@ class OwnershipStore:
         self.dirty = False
 
     def _write(self) -> None:
+        # Made afresh (O_EXCL): one found there could be a FIFO (the open would block
+        # the jail's end forever) or a hard link to a file the supervisor must not
+        # truncate. The guest's walk cannot reach names the store's begins
+        # (hostfs/pathwalk.py); a leftover is removed first.
         tmp = STORE_NAME + b".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=self.dir_fd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=self.dir_fd)
         try:
             with os.fdopen(fd, "w") as f:

@@ -243,7 +243,8 @@ class PathWalk:
             if may_search is not None and not may_search(self._stat_dir(here, h), here,
                                                          isinstance(h, int) or h.upper is not None):
                 raise WalkError(errno.EACCES)
-            if c == STORE_NAME and self.mounts.at(tuple(comps)) is not None:
+            # The store and its temporary names (any name it begins) are the supervisor's.
+            if c.startswith(STORE_NAME) and self.mounts.at(tuple(comps)) is not None:
                 raise WalkError(errno.ENOENT if must_exist or not last else errno.EACCES)
             child = tuple(comps) + (c,)
             m = self.mounts.at(child)

@@ -64,7 +64,32 @@ class Bind:
             raise JailError(f"bind source '{host}' does not exist; create it or fix the -b option")
         if not os.access(host, os.R_OK):
             raise JailError(f"bind source '{host}' is not readable; check its permissions")
+        if (link := symlink_a_jail_made(os.path.abspath(host))) is not None:
+            raise JailError(f"bind source '{host}' goes through {link}, a symlink a jail's guest made;"
+                            " give the path it should reach")
         return cls(os.path.abspath(host), guest, len(parts) == 3 and parts[2] == "ro")
+
+
+def symlink_a_jail_made(path: str) -> str | None:
+    """Run as root, the first component of path that is a symlink owned by a
+    jails' host uid (umlrun/hostids.py), or None. A guest of an earlier jail
+    that could write a directory may have put it there: a bind through it
+    would give the next jail whatever host directory the guest chose, writable."""
+    if os.geteuid() != 0:
+        return None  # a user's guest makes symlinks as the user: they reach nothing more
+    from umlrun.hostids import COUNT, FIRST
+    here = "/"
+    for name in path.strip("/").split("/"):
+        here = os.path.join(here, name)
+        try:
+            st = os.lstat(here)
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode) and FIRST <= st.st_uid < FIRST + COUNT:
+            return here
+        if stat.S_ISLNK(st.st_mode):
+            here = os.path.realpath(here)
+    return None
 
 
 def guest_point(flag: str, path: str) -> tuple:
@@ -217,6 +242,10 @@ class Jail:
     def _upper(self, lower: str) -> bytes:
         if self.cfg.overlay is None:
             return self._dir("upper", 0o755)
+        for path in (self.cfg.overlay, lower):
+            if (link := symlink_a_jail_made(os.path.abspath(path))) is not None:
+                raise JailError(f"'{path}' goes through {link}, a symlink a jail's guest made;"
+                                " give the path it should reach")
         upper = os.path.realpath(self.cfg.overlay)
         real_lower = os.path.realpath(lower)
         if upper == real_lower or upper.startswith(real_lower.rstrip("/") + "/") and real_lower != "/":
@@ -344,6 +373,10 @@ class Jail:
         self.kernel = k = Kernel(self.mounts, hostname=cfg.hostname.encode(), trap_all=cfg.trap_all,
                                  guest_host_uid=self.ids.uid if self.ids else None,
                                  guest_host_gid=self.ids.gid if self.ids else None, host_setid=cfg.host_setid)
+        if self.ids is not None:  # a copy-up of root's file belongs to the jail's uid, not to root
+            for m in self.mounts.by_point.values():
+                if m.overlay is not None:
+                    m.overlay.copy_owner = (self.ids.uid, self.ids.gid)
         net_tap.apply(k.table, cfg.net)
         jail_limits.apply(k.table, cfg.limits)
         self.procfs.k, k.procfs, k.devpts = k, self.procfs, self.devpts

@@ -10,8 +10,10 @@ opened for reading.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
+import struct
 
 from umlrun.call import Call, SysError
 from umlrun.syscalls.files import (
@@ -28,6 +30,8 @@ from umlrun.syscalls.files import (
     writable,
 )
 from umlrun.syscalls.namespace import _host_call
+from umlrun.syscalls.table import Masked
+from umlrun.syscalls.unixaddr import guest_identity
 
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 XATTR_NAME_MAX, XATTR_SIZE_MAX = 255, 65536
@@ -332,6 +336,90 @@ def sys_inotify_add_watch(k, c):
             os.close(ino)
 
 
+# ---- filesystem ioctls ----------------------------------------------------------------
+# Inode flags (chattr), project ids, fs-verity, encryption policies, btrfs subvolumes:
+# the filesystems' ioctls change an inode, or make names, through any descriptor,
+# one opened for reading included (the kernel checks ownership, not the open mode).
+# Run natively they changed lower-layer and read-only-bind files. Their command
+# types are trapped whole; the commands that only read, or whose descriptor must
+# be open for writing (a clone's destination), run natively; chattr's two are made
+# by the supervisor, as the guest, on the object fd_to_change placed (copied up, or
+# EROFS/EPERM); any other is ENOTTY, as from a filesystem that does not know it.
+
+def _ioc(direction: int, kind: int, nr: int, size: int) -> int:
+    return direction << 30 | size << 16 | kind << 8 | nr
+
+
+_R, _W, _RW, _F, _X, _V, _B = 2, 1, 3, ord("f"), ord("X"), ord("v"), 0x94
+FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS = _ioc(_W, _F, 2, 8), _ioc(_W, _F, 2, 4)
+FS_IOC_FSSETXATTR, FSXATTR_SIZE = _ioc(_W, _X, 32, 28), 28
+FS_IOCTL_TYPES = tuple(Masked(0xFF00, t << 8) for t in (_F, _X, _V, _B))
+FS_IOCTL_NATIVE = frozenset({
+    _ioc(_R, _F, 1, 8), _ioc(_R, _F, 1, 4),        # FS_IOC_GETFLAGS (and 32-bit)
+    _ioc(_R, _F, 3, 8), _ioc(_R, _F, 3, 4),        # EXT4_IOC_GETVERSION
+    _ioc(_RW, _F, 11, 32),                         # FS_IOC_FIEMAP
+    _ioc(0, _F, 18, 0),                            # EXT4_IOC_PRECACHE_EXTENTS
+    _ioc(_W, _F, 21, 12), _ioc(_RW, _F, 22, 9),    # FS_IOC_GET_ENCRYPTION_POLICY(_EX)
+    _ioc(_RW, _F, 26, 128), _ioc(_R, _F, 27, 16),  # ..._KEY_STATUS, ..._NONCE
+    _ioc(_W, _F, 41, 4), _ioc(_RW, _F, 42, 32),    # EXT4_IOC_GETSTATE, EXT4_IOC_GET_ES_CACHE
+    _ioc(_RW, _F, 134, 4), _ioc(_RW, _F, 135, 40),  # FS_IOC_MEASURE_VERITY, _READ_VERITY_METADATA
+    _ioc(_R, _V, 1, 8), _ioc(_R, _V, 1, 4),        # FS_IOC_GETVERSION (and 32-bit)
+    _ioc(_R, _X, 31, 28), _ioc(_RW, _X, 59, 192),  # FS_IOC_FSGETXATTR, FS_IOC_GETFSMAP
+    _ioc(_R, _B, 49, 256),                         # FS_IOC_GETFSLABEL
+    _ioc(_W, _B, 9, 4), _ioc(_W, _B, 13, 32),      # FICLONE, FICLONERANGE: the fd must be writable
+})
+_O_PATH = 0o10000000
+
+
+def sys_ioctl_fs(k, c):
+    cmd = c.args[1] & 0xFFFFFFFF
+    if cmd in FS_IOCTL_NATIVE:
+        return None
+    if cmd not in (FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS, FS_IOC_FSSETXATTR):
+        raise SysError(errno.ENOTTY)
+    arg = c.read(c.args[2], FSXATTR_SIZE if cmd == FS_IOC_FSSETXATTR else 4)  # one copy, before acting
+    probe = k.guest_fd(c, s32(c.args[0]))
+    try:
+        if fcntl.fcntl(probe, fcntl.F_GETFL) & _O_PATH:
+            raise SysError(errno.EBADF)
+    finally:
+        os.close(probe)
+    hostfd, mount = fd_to_change(k, c, s32(c.args[0]))
+    try:
+        if k.chown_to is not None and mount is not None and mount.overlay is not None:
+            # Run as root, a copy-up is the supervisor's file but the guest's object:
+            # changed as its owner, less what a container's root may not change.
+            _owner_may_set(hostfd, cmd, arg)
+            fcntl.ioctl(hostfd, cmd, arg)
+        else:
+            with guest_identity(k):
+                fcntl.ioctl(hostfd, cmd, arg)
+    finally:
+        os.close(hostfd)
+    return 0
+
+
+FS_APPEND_FL, FS_IMMUTABLE_FL, FS_JOURNAL_DATA_FL = 0x20, 0x10, 0x4000
+FS_XFLAG_IMMUTABLE, FS_XFLAG_APPEND, FS_XFLAG_PROJINHERIT = 0x8, 0x10, 0x200
+
+
+def _owner_may_set(hostfd: int, cmd: int, arg: bytes) -> None:
+    """EPERM for the flags that take a capability of the host's own namespace
+    (immutable, append-only, data journalling), EINVAL for a project id change:
+    what root of a user namespace is answered."""
+    if cmd == FS_IOC_FSSETXATTR:
+        old = fcntl.ioctl(hostfd, _ioc(_R, _X, 31, 28), bytes(FSXATTR_SIZE))
+        (old_x,), (new_x,) = struct.unpack_from("=I", old), struct.unpack_from("=I", arg)
+        if old[12:16] != arg[12:16] or (old_x ^ new_x) & FS_XFLAG_PROJINHERIT:
+            raise SysError(errno.EINVAL)
+        if (old_x ^ new_x) & (FS_XFLAG_IMMUTABLE | FS_XFLAG_APPEND):
+            raise SysError(errno.EPERM)
+        return
+    (old,), (new,) = struct.unpack("=i", fcntl.ioctl(hostfd, _ioc(_R, _F, 1, 8), bytes(8))[:4]), struct.unpack("=i", arg)
+    if (old ^ new) & (FS_APPEND_FL | FS_IMMUTABLE_FL | FS_JOURNAL_DATA_FL):
+        raise SysError(errno.EPERM)
+
+
 def register(t) -> None:
     def both(fn, follow):
         return lambda k, c: fn(k, c, follow)
@@ -348,3 +436,6 @@ def register(t) -> None:
         t.emulate(prefix + "getxattr", both(_get, follow), note="guest VFS")
         t.emulate(prefix + "listxattr", both(_list, follow), note="guest VFS")
         t.emulate(prefix + "removexattr", both(_remove, follow), note="guest VFS")
+    t.trace_when("ioctl", 1, FS_IOCTL_TYPES, sys_ioctl_fs,
+                 "filesystem ioctls ('f', 'X', 'v', 0x94): readers and FICLONE native, chattr's made on the"
+                 " object the guest VFS placed (copy-up, EROFS), others ENOTTY")

@@ -116,8 +116,19 @@ def prepare(k, c: Call, dirfd: int, path: bytes, flags: int):
     the new argv up to the guest's own argv[1:], or None to keep argv as is."""
     if flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW):
         raise SysError(errno.EINVAL)
+    stand_in = None
     if not path and flags & AT_EMPTY_PATH:
         fd = k.guest_fd(c, dirfd)
+        stand_in = k.mounts.aliases.get(os.readlink(b"/proc/self/fd/%d" % fd))
+        if stand_in is not None:  # an O_PATH descriptor of a file the guest may not read: by its name
+            os.close(fd)
+    if stand_in is not None:
+        root = c.proc.fs.root
+        if tuple(stand_in[:len(root)]) != tuple(root):  # outside the caller's chroot: no name reaches it
+            raise SysError(errno.EACCES)
+        fd, head, program = _open_program(k, c, AT_FDCWD, b"/" + b"/".join(stand_in[len(root):]), follow=False)
+        script_name = b"/dev/fd/%d" % dirfd
+    elif not path and flags & AT_EMPTY_PATH:
         head = os.pread(fd, BINPRM_BUF, 0) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
         script_name = b"/dev/fd/%d" % dirfd
         # An ELF loader must open the program by name, and the descriptor may be

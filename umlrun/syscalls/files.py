@@ -278,6 +278,14 @@ def merged_listing(d):
         return None
     return ovl.merged_listing(h, d.comps[len(d.mount.guest):])
 
+def _may_read(k, call: Call, d) -> bool:
+    try:
+        check_access(k, call, d.mount, d.st, 4, d.in_upper)
+    except SysError:
+        return False
+    return True
+
+
 def do_open(k, call: Call, dirfd: int, path: bytes, flags: int, mode: int, resolve: int = 0):
     if flags & os.O_PATH:  # Linux ignores every other flag but these (O_CREAT included)
         flags &= os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -325,7 +333,9 @@ def do_open(k, call: Call, dirfd: int, path: bytes, flags: int, mode: int, resol
             # SECCOMP_IOCTL_NOTIF_ADDFD cannot install O_PATH descriptors: the guest
             # gets the same object opened read-only instead (it may stat it, walk
             # from it, fchdir to it, exec it).
-            if stat.S_ISLNK(st.st_mode):  # the symlink itself: a stand-in that stat and *at("") know
+            if stat.S_ISLNK(st.st_mode) or not (stat.S_ISDIR(st.st_mode) or _may_read(k, call, d)):
+                # The symlink itself, or a file the guest may not read (a read-only open
+                # would hand it the data): a stand-in that stat and *at("") know.
                 return InstallFd(k.placeholder(d.comps), bool(flags & os.O_CLOEXEC))
             hostflags = (os.O_RDONLY | os.O_NONBLOCK | (flags & os.O_DIRECTORY) | d.o_nofollow
                          | os.O_CLOEXEC | os.O_NOCTTY)

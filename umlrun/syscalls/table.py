@@ -75,7 +75,7 @@ def _by_value(rules: tuple) -> Callable:
         for arg, value, handler in rules:
             if matches(c.args[arg], value):
                 return handler(k, c)
-        return rules[0][2](k, c)
+        return None  # a stop a filter of the guest's own asked for: the call runs as made
     return dispatch
 
 
