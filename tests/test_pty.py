@@ -33,10 +33,17 @@ def test_freed_pty_number_taken_by_the_host_is_unreachable(busybox_root, probe_d
                           f"{probe_dir}:/probes:ro", "--", "/probes/pty", "reuse"],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
     n = p.stdout.readline().split()[1]
-    master, slave = os.openpty()
+    # Take ptys until the host hands out the guest's old number (the lowest free
+    # one, unless another process on the machine took a pty meanwhile).
+    held = []
     try:
-        assert os.ttyname(slave) == f"/dev/pts/{n}"  # the lowest free number: the guest's old one
+        while len(held) < 64:
+            held.append(os.openpty())
+            if os.ttyname(held[-1][1]) == f"/dev/pts/{n}":
+                break
+        assert os.ttyname(held[-1][1]) == f"/dev/pts/{n}", "the host never reused the guest's pty number"
         out, _ = p.communicate("go\n", timeout=30)
     finally:
-        os.close(master), os.close(slave)
+        for master, slave in held:
+            os.close(master), os.close(slave)
     assert out.splitlines() == ["reopen -1 ENOENT", "done"]
