@@ -194,12 +194,14 @@ def test_host_device_nodes_cannot_be_changed(busybox_root):
 
 
 def test_terminal_input_injection_is_refused(busybox_root, probe_dir):
-    """TIOCSTI would type into the user's shell after the jail: refused, other ioctls native."""
+    """TIOCSTI would type into the user's shell after the jail, TIOCSETD change its terminal
+    for good: both refused, other ioctls native."""
     native = subprocess.run([str(probe_dir / "tiocsti")], capture_output=True, text=True, stdin=subprocess.DEVNULL)
     r = umlrun("run", "-r", busybox_root, "-b", f"{probe_dir}:/probes:ro", "--", "/probes/tiocsti")
     assert r.stdout.splitlines()[0] == "tiocsti -1 EPERM"
     assert r.stdout.splitlines()[1] == native.stdout.splitlines()[1]  # ENOTTY: stdin is not a terminal here
     assert r.stdout.splitlines()[2] == "tiocsti_high -1 EPERM"
+    assert r.stdout.splitlines()[3] == "tiocsetd -1 EPERM"
 
 
 def test_inherited_file_cannot_be_changed_through_proc_fd(busybox_root, tmp_path):

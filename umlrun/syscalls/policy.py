@@ -73,7 +73,7 @@ WHY_NATIVE = {
     "signals the caller only (SIGEV_THREAD_ID is EINVAL); no queue can be opened (mq_open is refused)": "mq_notify",
 }
 
-TIOCSTI = 0x5412
+TIOCSTI, TIOCSETD = 0x5412, 0x5423
 
 
 def register(table) -> None:
@@ -82,5 +82,8 @@ def register(table) -> None:
     # Faking terminal input would let a guest type into the user's shell once the
     # jail is over (the sandbox escape of CVE-2017-5226): refused in the filter.
     table.refuse("ioctl", 1, TIOCSTI, errno.EPERM, "TIOCSTI refused")
+    # A line discipline set on the user's terminal outlasts the jail (a host change):
+    # refused as for an unprivileged process on a discipline that needs CAP_SYS_ADMIN.
+    table.refuse("ioctl", 1, TIOCSETD, errno.EPERM, "TIOCSETD refused")
     table.deny(DENIED_EPERM, errno.EPERM, note="host privilege or escape vector: refused")
     table.deny(DENIED_ENOSYS, errno.ENOSYS, note="not offered to guests")
