@@ -155,7 +155,10 @@ class Jail:
             # upper layer, kept with --overlay DIR, else gone with the jail.
             upper = self._upper(lower)
             ovl = OverlayFS(lower.encode(), upper, self._dir("merged", 0o700), mt.aliases)
-            ovl.setid_in_store = os.geteuid() == 0 and not cfg.host_setid  # as Kernel.setid_in_store
+            if self.ids is not None:  # run as root (as Kernel.setid_in_store and Kernel.chown_to)
+                ovl.setid_in_store = not cfg.host_setid
+                # A copy-up of root's file belongs to the jail's uid, not to root.
+                ovl.copy_owner = (self.ids.uid, self.ids.gid)
             mt.add(b"/", upper, kind="overlay", overlay=ovl)
         # Private, writable, gone with the jail. /run also hides the host's sockets.
         mt.add(b"/tmp", self._dir("tmp", 0o1777), kind="tmpfs")
@@ -361,22 +364,18 @@ class Jail:
         from umlrun.trace import Tracer
 
         cfg = self.cfg
-        try:
-            self.build_mounts()
-        except (MountError, StoreError) as e:
-            raise JailError(str(e)) from None
         if os.geteuid() == 0:  # the guest runs as a host user no other process is
             try:
                 self.ids = hostids.allocate()
             except OSError as e:
                 raise JailError(f"cannot give the jail a host uid of its own: {e}") from None
+        try:
+            self.build_mounts()
+        except (MountError, StoreError) as e:
+            raise JailError(str(e)) from None
         self.kernel = k = Kernel(self.mounts, hostname=cfg.hostname.encode(), trap_all=cfg.trap_all,
                                  guest_host_uid=self.ids.uid if self.ids else None,
                                  guest_host_gid=self.ids.gid if self.ids else None, host_setid=cfg.host_setid)
-        if self.ids is not None:  # a copy-up of root's file belongs to the jail's uid, not to root
-            for m in self.mounts.by_point.values():
-                if m.overlay is not None:
-                    m.overlay.copy_owner = (self.ids.uid, self.ids.gid)
         net_tap.apply(k.table, cfg.net)
         jail_limits.apply(k.table, cfg.limits)
         self.procfs.k, k.procfs, k.devpts = k, self.procfs, self.devpts
