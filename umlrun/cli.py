@@ -90,12 +90,19 @@ def build_parser() -> Parser:
     b.add_argument("--runner", action="append", metavar="NAME",
                    help="only this runner besides native (repeatable): proot, gvisor, umlrun, umlrun-trace-all")
     b.add_argument("--markdown", action="store_true", help="print the table as Markdown (docs/benchmarks.md)")
+    sv = sub.add_parser("server", help="the resident server that starts jails in milliseconds",
+                        description="Keep one loaded supervisor per user: the umlrun launcher hands it "
+                                    "'umlrun run' when no standard descriptor is a terminal.")
+    sv.add_argument("action", choices=("start", "stop", "status"))
+    sv.add_argument("--idle", type=_positive(float, "--idle"), default=3600, metavar="SECONDS",
+                    help="exit after this long without a request (default 3600)")
+    sv.add_argument("--foreground", action="store_true", help="stay in the foreground (start)")
     s = sub.add_parser("syscalls", help="print the syscall table (or write docs/syscalls.md)")
     s.add_argument("--markdown", action="store_true", help="as the Markdown compatibility table")
     return p
 
 
-def cmd_run(args) -> int:
+def cmd_run(args, report=None) -> int:
     from umlrun.jail import Bind, JailConfig, JailError, guest_point, run_jail
     from umlrun.limits import Limits
 
@@ -130,7 +137,7 @@ def cmd_run(args) -> int:
                          trap_all=args.trace_all, trace_file=args.trace, host_setid=args.host_setid,
                          limits=Limits(timeout=args.timeout, max_pids=args.max_pids, memory=args.memory,
                                        cpu_seconds=args.cpu_seconds))
-        return run_jail(cfg)
+        return run_jail(cfg, report)
     except JailError as e:
         sys.stderr.write(f"umlrun: {e}\n")
         return 127 if "command not found" in str(e) else 1
@@ -164,16 +171,34 @@ def cmd_bench(args) -> int:
     return main_bench(args)
 
 
+def cmd_server(args) -> int:
+    from umlrun import server
+    if args.action == "start":
+        return server.start(args.idle, args.foreground)
+    answer = server.ask(args.action.encode())
+    if answer is None:
+        print("umlrun: no server runs for this user; start one with: umlrun server start")
+        return 1 if args.action == "status" else 0
+    print(f"umlrun: {'stopped the' if args.action == 'stop' else 'running:'} {answer}")
+    return 0
+
+
 def cmd_syscalls(args) -> int:
     from umlrun.compat import render
     sys.stdout.write(render(markdown=args.markdown))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+PARSER: Parser | None = None  # built once by the resident server
+
+
+def main(argv: list[str] | None = None, report=None) -> int:
+    """report: the resident server's, called with a jail's exit status before its clean-up."""
+    args = (PARSER or build_parser()).parse_args(argv)
     if args.command == "run":
-        return cmd_run(args)
+        return cmd_run(args, report)
+    if args.command == "server":
+        return cmd_server(args)
     if args.command == "ps":
         return cmd_ps(args)
     if args.command == "bench":

@@ -24,7 +24,7 @@ from umlrun.hostids import OwnIds
 from umlrun.process import Cred, Process, ProcessTable
 from umlrun.stops import PtraceStops
 from umlrun.supervision import own_children, refuse_unknown
-from umlrun.syscalls.table import build_table
+from umlrun.syscalls.table import new_table
 
 DEBUG = os.environ.get("UMLRUN_DEBUG")  # print host errors met inside handlers
 
@@ -35,7 +35,7 @@ class Kernel(PtraceStops):
                  host_setid: bool = False):
         self.mounts = mounts
         self.vfs = PathWalk(mounts)
-        self.table = build_table()
+        self.table = new_table()
         self.procs = ProcessTable()
         self.hostname = hostname
         self.domainname = b"(none)"

@@ -226,3 +226,20 @@ def build_table() -> SyscallTable:
                    ipc, tasks):
         family.register(table)
     return table
+
+
+_built_ahead: SyscallTable | None = None
+
+
+def build_ahead() -> None:
+    """Build the next Kernel's table now (the resident server, once, before it
+    forks jails: each child takes its own copy of this one)."""
+    global _built_ahead
+    _built_ahead = build_table()
+
+
+def new_table() -> SyscallTable:
+    """The table for a new Kernel: the one built ahead, else a new one."""
+    global _built_ahead
+    table, _built_ahead = _built_ahead, None
+    return table or build_table()

@@ -1,0 +1,331 @@
+"""The resident server: a jail's start in milliseconds.
+
+A jail started by `umlrun run` pays the interpreter's start, the imports, the
+syscall table, the seccomp filter and a dozen directories made on disk: about
+0.1 s before the guest's first instruction. A build that starts thousands of
+short jails (a test runner, a build jail per step) pays it every time.
+
+`umlrun server start` keeps one process per user with all of that done. The
+`umlrun` launcher (sysemu/launcher.c) sends it a `run` request over a socket in
+the user's private run directory, with its standard descriptors and working
+directory; the server forks, and the child -- a supervisor already loaded --
+takes the launcher's environment, umask and limits and runs the jail as
+`umlrun run` would. The server also makes the next jail's runtime directory
+before it is asked, so only what depends on the request is left to the child.
+
+The server trusts nothing but a process of its own user with the same groups,
+no seccomp filter and no-new-privs state of its own, in the same mount
+namespace: anything else (another sandbox, a guest of a jail) is told "no" and
+runs the jail in place, with its own credentials.
+"""
+from __future__ import annotations
+
+import array
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from resource import RLIM_INFINITY, setrlimit
+
+from umlrun.control import run_dir
+
+MAGIC = b"UMLRUN-RUN-1\0"
+MAX_MSG = 192 * 1024
+NFDS = 4                   # stdin, stdout, stderr, the working directory
+DEFAULT_IDLE = 3600        # seconds without a request before the server exits
+SO_PEERGROUPS = 59         # <asm-generic/socket.h>; not exported by the socket module
+
+
+def socket_path() -> str:
+    return os.path.join(run_dir(), "server.sock")
+
+
+# ---- the request --------------------------------------------------------------------
+
+def parse_request(data: bytes) -> tuple[int, list, list[str], dict[str, str]]:
+    """(umask, [(resource, soft, hard)], argv, env) from the launcher's message."""
+    if not data.startswith(MAGIC):
+        raise ValueError("not a umlrun launcher request (or another version of it)")
+    pos = len(MAGIC)
+    umask, nlimits, argc, envc = struct.unpack_from("4I", data, pos)
+    pos += 16
+    limits = []
+    for r in range(nlimits):
+        soft, hard = struct.unpack_from("2Q", data, pos)
+        pos += 16
+        limits.append((r, soft, hard))
+    strings = data[pos:].split(b"\0")
+    if len(strings) < argc + envc:
+        raise ValueError("truncated request")
+    argv = [os.fsdecode(s) for s in strings[:argc]]
+    env = {}
+    for item in strings[argc:argc + envc]:
+        name, _eq, value = item.partition(b"=")
+        env[os.fsdecode(name)] = os.fsdecode(value)
+    return umask, limits, argv, env
+
+
+def trusted_peer(conn: socket.socket) -> bool:
+    """The launcher is this user, with this process's groups, not itself confined
+    (no seccomp filter, no no-new-privs the server lacks) and in its mount namespace."""
+    pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    if uid != os.geteuid() or gid != os.getegid():
+        return False
+    try:
+        raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 256)
+        groups = set(array.array("I", raw))
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = dict(line.split(b":", 1) for line in f.read().splitlines() if b":" in line)
+        same_ns = os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+    except (OSError, ValueError):
+        return False
+    own = os.getgroups()
+    return (groups == set(own) and same_ns and status.get(b"Seccomp", b"").strip() == b"0"
+            and status.get(b"NoNewPrivs", b"").strip() == _own_no_new_privs())
+
+
+def _own_no_new_privs() -> bytes:
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"NoNewPrivs:"):
+                return line.split(b":", 1)[1].strip()
+    return b"0"
+
+
+# ---- the server -----------------------------------------------------------------------
+
+class Server:
+    def __init__(self, idle: float = DEFAULT_IDLE):
+        self.idle = idle
+        self.path = socket_path()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        self.next_runtime: str | None = None
+
+    def listen(self) -> None:
+        """Bound under a temporary name and renamed: a launcher never meets a
+        half-made server, and a second server replaces none."""
+        tmp = f"{self.path}.{os.getpid()}"
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        self.sock.bind(tmp)
+        self.sock.listen(64)
+        if running():
+            os.unlink(tmp)
+            raise OSError(f"a umlrun server already runs for this user ({self.path})")
+        os.rename(tmp, self.path)
+
+    def preload(self) -> None:
+        """Everything a jail's start imports and builds that does not depend on the request."""
+        import textwrap  # noqa: F401
+        import traceback  # noqa: F401
+
+        import net_tap
+        import rootfs  # noqa: F401
+        import umlrun.jail  # noqa: F401
+        import umlrun.kernel  # noqa: F401
+        import umlrun.trace  # noqa: F401
+        from sysemu.filter import compile_filter
+        from umlrun import cli
+        from umlrun.syscalls import table
+        cli.PARSER = cli.build_parser()
+        for net in ("none", "host"):  # the filters of jails without limits
+            t = table.build_table()
+            net_tap.apply(t, net)
+            compile_filter(t)
+        table.build_ahead()
+
+    def serve(self) -> None:
+        from umlrun.jail import make_runtime
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            last = time.monotonic()
+            while True:
+                if self.next_runtime is None:
+                    self.next_runtime = make_runtime()
+                self._reap()
+                ready, _, _ = select.select([self.sock], [], [], 1.0)
+                if not ready:
+                    if time.monotonic() - last > self.idle:
+                        return
+                    continue
+                last = time.monotonic()
+                try:
+                    conn, _ = self.sock.accept()
+                except OSError:
+                    continue
+                with conn:
+                    try:
+                        if self.handle(conn) == "stop":
+                            return
+                    except Exception as e:  # a bad request costs that request, never the server
+                        sys.stderr.write(f"umlrun server: {type(e).__name__}: {e}\n")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        import shutil
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self.sock.fileno()).st_ino:
+                os.unlink(self.path)
+        except OSError:
+            pass
+        self.sock.close()
+        if self.next_runtime:
+            shutil.rmtree(self.next_runtime, ignore_errors=True)
+
+    @staticmethod
+    def _reap() -> None:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+
+    def handle(self, conn: socket.socket) -> str | None:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(conn, MAX_MSG, NFDS)
+        except OSError:
+            return None
+        try:
+            if data in (b"stop", b"status"):
+                if trusted_peer(conn):
+                    conn.send(f"server {os.getpid()}".encode())
+                    return "stop" if data == b"stop" else None
+                return None
+            if len(fds) != NFDS or not trusted_peer(conn):
+                conn.send(b"no")
+                return None
+            request = parse_request(data)
+            runtime, self.next_runtime = self.next_runtime, None
+            pid = os.fork()
+            if pid == 0:
+                self.sock.close()
+                code = 1
+                try:
+                    code = child(conn, fds, request, runtime)
+                except BaseException:  # a bug: shown where the user sees it
+                    import traceback
+                    traceback.print_exc()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+            conn.send(f"pid {pid}".encode())
+        except (OSError, ValueError):
+            try:
+                conn.send(b"no")
+            except OSError:
+                pass
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return None
+
+
+def child(conn: socket.socket, fds: list[int], request, runtime: str | None) -> int:
+    """The jail's supervisor: the launcher's descriptors, directory, umask, limits
+    and environment, then `umlrun run` as in place. The exit status goes to the
+    launcher as soon as the jail has ended, before its directories are removed."""
+    from umlrun import cli, jail
+    umask, limits, argv, env = request
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    os.setsid()
+    for target, fd in enumerate(fds[:3]):
+        os.dup2(fd, target)
+    os.fchdir(fds[3])
+    os.umask(umask)
+    for resource, soft, hard in limits:
+        try:
+            setrlimit(resource, (_limit(soft), _limit(hard)))
+        except (ValueError, OSError):
+            pass  # above the server's own hard limit: the server's stays
+    os.environ.clear()
+    os.environ.update(env)
+    jail.NEXT_RUNTIME = runtime
+    reported: list[int] = []
+    watch_launcher(conn, reported)
+
+    def report(status: int) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        reported.append(status)
+        conn.send(f"exit {status}".encode())
+    try:
+        code = cli.main(argv[1:], report=report)
+    except SystemExit as e:  # argparse's errors
+        code = e.code if isinstance(e.code, int) else 2
+    if not reported:
+        report(code)
+    return code
+
+
+def _limit(value: int) -> int:
+    return RLIM_INFINITY if value >= 1 << 63 else value
+
+
+def watch_launcher(conn: socket.socket, reported: list) -> None:
+    """The launcher gone (killed) before the jail's end means the user's `umlrun`
+    is gone: so goes the jail, as when an in-place supervisor is killed."""
+    import threading
+
+    def wait():
+        try:
+            conn.recv(1)
+        except OSError:
+            pass
+        if not reported:
+            os.kill(os.getpid(), signal.SIGKILL)
+    # With every signal blocked, as the supervisor's threads are: SIGCHLD must
+    # reach the event loop's signalfd, never this thread.
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        threading.Thread(target=wait, daemon=True, name="launcher").start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+# ---- the commands -------------------------------------------------------------------
+
+def ask(what: bytes) -> str | None:
+    """The running server's answer to stop or status, or None if none runs."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        s.connect(socket_path())
+        s.send(what)
+        return s.recv(64).decode() or None
+    except OSError:
+        return None
+    finally:
+        s.close()
+
+
+def running() -> bool:
+    return ask(b"status") is not None
+
+
+def start(idle: float, foreground: bool = False) -> int:
+    server = Server(idle)
+    try:
+        server.listen()
+    except OSError as e:
+        sys.stderr.write(f"umlrun: {e}\n")
+        return 1
+    server.preload()
+    if not foreground:
+        if os.fork():  # the parent returns once the server is listening and loaded
+            os._exit(0)
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+    server.serve()
+    return 0
