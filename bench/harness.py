@@ -502,9 +502,10 @@ def main_bench(args) -> int:
     if memory is not None:
         shown = f"{memory:.1f} MB" if isinstance(memory, float) else f"failed ({memory})"
         print(f"Supervisor peak resident memory during a {WHAT_50}: {shown}.")
-    skipped = [w.name for w in chosen if any(r.name in w.not_run for r in runners)]
-    if skipped:
-        print(f"Not run under umlrun-trace-all: {', '.join(skipped)} (each would take minutes in that mode).")
+    for w in chosen:
+        skipped = [r.name for r in runners if r.name in w.not_run]
+        if skipped:
+            print(f"{w.name} is not run under {', '.join(skipped)}: it would take minutes there.")
     for name, cells in results.items():
         for runner, cell in cells.items():
             if cell["error"] and not cell["not_run"] and not any(r.name == runner and r.missing for r in runners):
