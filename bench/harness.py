@@ -19,53 +19,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.workloads import PROBE_DIR, WORKLOADS, Workload, failure, prepare_workloads
+
+__all__ = ["PROBE_DIR", "WORKLOADS", "Workload", "failure", "prepare_workloads"]  # kept importable from here
+
 HERE = Path(__file__).resolve().parent
-PROBE_DIR = "opt/umlrun-bench"          # where the probes are put in each tree
 GUEST_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/root", "LANG": "C"}
-
-
-@dataclass
-class Workload:
-    name: str
-    tree: str                 # "busybox" or "debian-dev"
-    script: str               # run by the tree's /bin/sh
-    what: str
-    quick: bool = True        # part of --quick
-    long: bool = False        # only when asked for by name (--only)
-    needs: str | None = None  # a file the tree must hold, relative to its root
-    install: str = ""         # how to put it there
-
-
-WORKLOADS = [
-    Workload("W-fork", "busybox", "i=0; while [ $i -lt 300 ]; do /bin/true; i=$((i+1)); done",
-             "300 fork+exec of /bin/true from busybox sh"),
-    Workload("W-stat", "busybox", f"/{PROBE_DIR}/loop stat 50000 /bin/busybox", "50,000 stat() of one path"),
-    Workload("W-open", "busybox", f"/{PROBE_DIR}/loop open 50000 /bin/busybox", "50,000 open+close of one path"),
-    Workload("W-syscall", "busybox", f"/{PROBE_DIR}/loop getpid 100000", "100,000 getpid() (emulated)"),
-    Workload("W-read", "busybox", f"/{PROBE_DIR}/loop read 100000 /bin/busybox",
-             "100,000 pread() of an open file (passthrough)"),
-    Workload("W-py", "debian-dev", "python3 -c 'import json, email.parser, http.client, unittest, asyncio'",
-             "python3 importing json, email, http.client, unittest, asyncio"),
-    Workload("W-gcc", "debian-dev",
-             "d=$(mktemp -d) && cd $d && for i in 1 2 3 4; do echo \"int f$i(int x) { return x + $i; }\" > f$i.c; "
-             "done && printf 'int f1(int);int main(void){return f1(0) - 1;}' > main.c && "
-             "gcc -O2 -o prog main.c f1.c f2.c f3.c f4.c && ./prog; r=$?; rm -rf $d; exit $r",
-             "gcc compile+link of a 5-file C program", quick=False),
-    Workload("W-tar", "debian-dev",
-             "d=$(mktemp -d) && tar -C /usr/include -cf - . | tar -C $d -xf - && rm -rf $d",
-             "tar of /usr/include through a pipe, unpacked in /tmp", quick=False),
-    Workload("W-find", "debian-dev", "find / -xdev | wc -l >/dev/null", "find over the whole tree", quick=False),
-    # CPython's own tests: whatever they report, the time is what is measured (their
-    # outcome, native against jailed, is the long test's: tests/test_debian.py).
-    Workload("W-cpython", "debian-dev",
-             "python3 -m test -j2 test_os test_posix test_shutil test_subprocess test_signal test_tempfile "
-             "test_glob test_stat test_fcntl test_mmap test_select test_selectors test_threading test_fileio "
-             "test_time test_pathlib test_unittest test_tarfile test_zipfile test_file test_pipes test_resource "
-             "test_getpass test_pwd test_grp test_uuid test_random test_hashlib test_zlib test_json "
-             ">/dev/null 2>&1; true", "CPython's test suite, 30 modules, -j2", quick=False, long=True,
-             needs="usr/lib/python3.11/test/test_os.py",
-             install="umlrun run --rw --net host -r debian-dev -- apt-get install -y libpython3.11-testsuite"),
-]
 
 
 # ---- peers ------------------------------------------------------------------------
@@ -77,6 +36,10 @@ class Runner:
     prefix: list = field(default_factory=list)
     root: tuple = ("{tree}",)             # how it is told the tree, after the prefix
 
+    def command(self, tree: Path, argv: list[str]) -> list[str]:
+        """argv run in the tree under this runner."""
+        return [*self.prefix, *(a.format(tree=tree) for a in self.root), *argv]
+
     def argv(self, tree: Path, script: str) -> list[str]:
         if self.name == "native" and os.geteuid() == 0 and "python3 -m test" in script:
             # CPython's tests want /proc, /dev and a tmpfs, which a bare chroot lacks.
@@ -84,12 +47,49 @@ class Runner:
             setup = (f"mount -t proc proc {t}/proc && mount --rbind /dev {t}/dev && "
                      f"mount -t tmpfs tmpfs {t}/tmp && exec chroot {t} /bin/sh -c \"$0\"")
             return ["unshare", "-m", "-p", "-f", "sh", "-c", setup, script]
-        return [*self.prefix, *(a.format(tree=tree) for a in self.root), "/bin/sh", "-c", script]
+        return self.command(tree, ["/bin/sh", "-c", script])
 
 
-def find_runners(which=shutil.which, euid: int | None = None) -> list[Runner]:
+UPSTREAM_ENV = "UMLRUN_PROOT_UPSTREAM"
+UPSTREAM_HOW = ("upstream PRoot not found: build PRoot from its upstream source (it needs libtalloc-dev; "
+                "its seccomp acceleration is part of it) and name the binary in UMLRUN_PROOT_UPSTREAM, "
+                "put it on PATH as proot-upstream, or at ~/.cache/umlrun-peers/proot-upstream")
+# PRoot's own tree-relative cwd: it warns when the cwd is outside the tree, so every
+# runner starts from "/" (time_once's cwd) and PRoot is told "-w /".
+PROOT_ROOT = ("-r", "{tree}", "-w", "/")
+
+
+def find_proot_upstream(which, env, home: Path) -> tuple[str | None, str | None]:
+    """(path, None) of upstream PRoot, looked for in UMLRUN_PROOT_UPSTREAM, then as
+    proot-upstream on PATH, then in ~/.cache/umlrun-peers; or (None, why it is missing)."""
+    given = env.get(UPSTREAM_ENV)
+    if given:
+        if os.path.isfile(given) and os.access(given, os.X_OK):
+            return given, None
+        return None, f"{UPSTREAM_ENV} names {given}, which is not an executable file"
+    on_path = which("proot-upstream")
+    if on_path:
+        return on_path, None
+    cached = home / ".cache" / "umlrun-peers" / "proot-upstream"
+    if cached.is_file() and os.access(cached, os.X_OK):
+        return str(cached), None
+    return None, UPSTREAM_HOW
+
+
+def umlrun_command(executable: str = sys.executable) -> list[str]:
+    """How users start umlrun: the installed `umlrun` beside this interpreter (so its
+    launcher is what is measured), else `python -m umlrun`."""
+    launcher = Path(executable).parent / "umlrun"
+    if launcher.is_file() and os.access(launcher, os.X_OK):
+        return [str(launcher)]
+    return [executable, "-m", "umlrun"]
+
+
+def find_runners(which=shutil.which, euid: int | None = None, env=None, home: Path | None = None,
+                 executable: str = sys.executable) -> list[Runner]:
     """Every runner, the missing ones with the reason."""
     euid = os.geteuid() if euid is None else euid
+    env = os.environ if env is None else env
     out = []
     if euid == 0 and which("chroot"):
         out.append(Runner("native", prefix=[which("chroot")]))
@@ -98,17 +98,37 @@ def find_runners(which=shutil.which, euid: int | None = None) -> list[Runner]:
     else:
         out.append(Runner("native", missing="neither chroot (as root) nor unshare is installed"))
     proot = which("proot")
-    out.append(Runner("proot", prefix=[proot], root=("-r", "{tree}", "-w", "/")) if proot
+    out.append(Runner("proot", prefix=[proot], root=PROOT_ROOT) if proot
                else Runner("proot", missing="proot is not installed"))
+    upstream, why = find_proot_upstream(which, env, Path.home() if home is None else home)
+    out.append(Runner("proot-upstream", prefix=[upstream], root=PROOT_ROOT) if upstream
+               else Runner("proot-upstream", missing=why))
     runsc = which("runsc")
     out.append(Runner("gvisor", prefix=[runsc, "--rootless", "--network=none", "--platform=ptrace", "do"],
                       root=("-root", "{tree}"))
                if runsc else Runner("gvisor", missing="runsc is not installed"))
-    umlrun = [sys.executable, "-m", "umlrun", "run"]
+    umlrun = [*umlrun_command(executable), "run"]
     jail = ("-r", "{tree}", "--")
     out.append(Runner("umlrun", prefix=umlrun, root=jail))
     out.append(Runner("umlrun-trace-all", prefix=[*umlrun, "--trace-all"], root=jail))
     return out
+
+
+def check_accelerated(runner: Runner, tree: Path, run=subprocess.run) -> None:
+    """Mark upstream PRoot as not run unless it really uses its seccomp acceleration
+    here (its `-v 2` says "seccomp mode 2"): the claims are made against that."""
+    if runner.missing:
+        return
+    try:
+        r = run([*runner.prefix, "-v", "2", *(a.format(tree=tree) for a in runner.root), "/bin/true"],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, env=GUEST_ENV, timeout=60, cwd="/")
+    except subprocess.TimeoutExpired:
+        runner.missing = "found, but /bin/true under it timed out"
+        return
+    if r.returncode != 0:
+        runner.missing = f"found, but does not run here ({failure(r.returncode, r.stderr)})"
+    elif "seccomp mode 2" not in r.stderr:
+        runner.missing = "found, but not accelerated: its -v 2 output does not say \"seccomp mode 2\""
 
 
 # ---- statistics ---------------------------------------------------------------------
@@ -145,17 +165,12 @@ def time_once(argv: list[str], timeout: float) -> float | str:
     return failure(r.returncode, r.stderr) if r.returncode != 0 else took
 
 
-def failure(returncode: int, stderr: bytes | str) -> str:
-    """Why a run failed, in one line: its status and the last line it wrote to stderr."""
-    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
-    lines = text.strip().splitlines()
-    return f"exit {returncode}: {lines[-1] if lines else ''}"[:120]
-
-
 def run(workloads: list[Workload], runners: list[Runner], trees: dict[str, Path], rounds: int,
         timeout: float = 600, progress=None) -> dict:
-    """{workload: {runner: {"median": s, "samples": [...], "error": str|None}}}, interleaved."""
-    results = {w.name: {r.name: {"samples": [], "error": r.missing} for r in runners} for w in workloads}
+    """{workload: {runner: {"median": s, "samples": [...], "error": str|None}}}, interleaved.
+    A runner the workload is not run under has "not_run" set (and an error, so it is skipped)."""
+    results = {w.name: {r.name: {"samples": [], "error": r.missing or (NOT_RUN if r.name in w.not_run else None),
+                                 "not_run": r.name in w.not_run} for r in runners} for w in workloads}
     for tree in {trees[w.tree] for w in workloads}:
         prepare_tree(tree)
     for rnd in range(rounds):
@@ -169,6 +184,44 @@ def run(workloads: list[Workload], runners: list[Runner], trees: dict[str, Path]
                 if progress:
                     progress(rnd, w, r, took)
     return with_medians(results)
+
+
+NOT_RUN = "not run"
+
+
+# ---- start-up ---------------------------------------------------------------------------
+
+STARTUP_ROUNDS = 20
+STARTUP_BASE = "proot-upstream"        # the peer the start-up claim is made against
+
+
+def run_startup(runners: list[Runner], tree: Path, rounds: int = STARTUP_ROUNDS, progress=None) -> dict:
+    """{runner: cell}: each runner's whole start and end around /bin/true in the tree, run
+    without a shell, in paired rounds (every runner once per round)."""
+    cells = {r.name: {"samples": [], "error": r.missing} for r in runners}
+    for rnd in range(rounds):
+        for r in runners:
+            cell = cells[r.name]
+            if cell["error"] is None:
+                took = time_once(r.command(tree, ["/bin/true"]), 60)
+                record(cell, took)
+                if progress:
+                    progress(rnd, r, took)
+    return with_medians({"start-up": cells})["start-up"]
+
+
+def startup_table(cells: dict, runners: list[Runner]) -> list[list[str]]:
+    """Rows: runner, median ms, ratio to upstream PRoot (when it ran)."""
+    base = cells.get(STARTUP_BASE, {}).get("median")
+    out = [["runner", "/bin/true", f"ratio to {STARTUP_BASE}"]]
+    for r in runners:
+        cell = cells[r.name]
+        if cell["median"] is None:
+            out.append([r.name, "missing" if r.missing else "failed", "-"])
+            continue
+        x = ratio(cell["median"], base)
+        out.append([r.name, f"{cell['median'] * 1000:.1f} ms", f"{x:.2f}x" if x is not None else "-"])
+    return out
 
 
 def record(cell: dict, took: float | str) -> None:
@@ -297,19 +350,28 @@ def peak_rss(argv: list[str], every: float = 0.02, timeout: float = 300) -> floa
     return failure(p.returncode, err) if p.returncode != 0 else peak / 1024
 
 
+CLAIM = ("umlrun", "proot-upstream")    # the ratio each claim is made on
+
+
 def table(results: dict, runners: list[Runner]) -> list[list[str]]:
-    """Rows for printing: workload, then per runner "median s (ratio x)"."""
-    rows = [["workload"] + [r.name for r in runners]]
+    """Rows for printing: workload, then per runner "median s (ratio to native x)", then
+    umlrun's median over upstream PRoot's when both ran."""
+    names = [r.name for r in runners]
+    claim = all(n in names for n in CLAIM)
+    rows = [["workload"] + names + ([f"{CLAIM[0]} / {CLAIM[1]}"] if claim else [])]
     for name, cells in results.items():
         base = cells.get("native", {}).get("median")
         row = [name]
         for r in runners:
             cell = cells[r.name]
             if cell["median"] is None:
-                row.append("missing" if r.missing else "failed")
+                row.append("missing" if r.missing else NOT_RUN if cell.get("not_run") else "failed")
                 continue
             x = ratio(cell["median"], base)
             row.append(f"{cell['median']:.3f} s" + (f" ({x:.2f}x)" if x is not None and r.name != "native" else ""))
+        if claim:
+            x = ratio(cells[CLAIM[0]]["median"], cells[CLAIM[1]]["median"])
+            row.append(f"{x:.2f}x" if x is not None else "-")
         rows.append(row)
     return rows
 
@@ -359,6 +421,8 @@ def fewer(text: str, by: int = 5) -> str:
 
 
 def main_bench(args) -> int:
+    import dataclasses
+
     from rich.console import Console
 
     import rootfs
@@ -367,7 +431,7 @@ def main_bench(args) -> int:
     chosen = choose(args.only, args.quick)
     calls_probes = CALLS
     if args.quick:  # a fifth of the calls: the slowest peers trap each one (~100 µs under PRoot)
-        chosen = [Workload(w.name, w.tree, fewer(w.script), w.what, w.quick) for w in chosen]
+        chosen = [dataclasses.replace(w, script=fewer(w.script)) for w in chosen]
         calls_probes = [CallProbe(c.name, fewer(c.loop), c.floor and fewer(c.floor)) for c in CALLS]
     unknown = set(args.only or ()) - {w.name for w in WORKLOADS}
     if unknown:
@@ -375,11 +439,11 @@ def main_bench(args) -> int:
                       f"known: {', '.join(w.name for w in WORKLOADS)}")
         return 2
     rounds = args.rounds or (3 if args.quick else 5)
-    trees = {name: rootfs.ensure(name, console=console) for name in {w.tree for w in chosen}}
-    for w in chosen:
-        if w.needs and not (trees[w.tree] / w.needs).exists():
-            console.print(f"umlrun: {w.name} needs /{w.needs} in the {w.tree} tree; install it with: {w.install}")
-            return 2
+    trees = {name: rootfs.ensure(name, console=console) for name in {w.tree for w in chosen} | {"busybox"}}
+    error = prepare_workloads(chosen, trees, umlrun_command(), say=console.print)
+    if error:
+        console.print(f"umlrun: {error}", highlight=False)
+        return 2
     runners = find_runners()
     if args.runner:
         known = {r.name for r in runners}
@@ -391,13 +455,21 @@ def main_bench(args) -> int:
     elif args.quick:  # trap-all mode is for teaching; it alone would take minutes
         runners = [r for r in runners if r.name != "umlrun-trace-all"]
     for r in runners:
+        if r.name == "proot-upstream":
+            check_accelerated(r, trees["busybox"])
         if r.missing:
-            console.print(f"[yellow]{r.name}: missing ({r.missing})[/]")
+            console.print(f"[yellow]{r.name}: missing ({r.missing})[/]", highlight=False)
 
     def progress(rnd, w, r, took):
         shown = f"{took:.3f} s" if isinstance(took, float) else took
-        console.print(f"round {rnd + 1}/{rounds} {w.name:<10} {r.name:<17} {shown}", highlight=False)
+        console.print(f"round {rnd + 1}/{rounds} {w.name:<11} {r.name:<17} {shown}", highlight=False)
     results = run(chosen, runners, trees, rounds, progress=progress)
+
+    def startup_progress(rnd, r, took):
+        if rnd == 0 or isinstance(took, str):
+            shown = f"{took * 1000:.1f} ms" if isinstance(took, float) else took
+            console.print(f"start-up {rnd + 1}/{STARTUP_ROUNDS} {r.name:<17} {shown}", highlight=False)
+    startup = run_startup(runners, trees["busybox"], progress=startup_progress)
     calls = None
     if not args.only:  # one call against this machine's trap floor, in the same run
         import tempfile
@@ -405,9 +477,8 @@ def main_bench(args) -> int:
         def call_progress(rnd, name, who, took):
             shown = f"{took:.2f} µs" if isinstance(took, float) else took
             console.print(f"round {rnd + 1}/{rounds} {name:<20} {who:<17} {shown}", highlight=False)
-        busybox = trees.get("busybox") or rootfs.ensure("busybox", console=console)
         with tempfile.TemporaryDirectory() as tmp:
-            calls = run_calls([r for r in runners if r.name in ("native", "umlrun")], busybox,
+            calls = run_calls([r for r in runners if r.name in ("native", "umlrun")], trees["busybox"],
                               build_floor(Path(tmp)), rounds, progress=call_progress, probes=calls_probes)
     memory = None
     if not args.only:
@@ -416,7 +487,12 @@ def main_bench(args) -> int:
             tree = trees.get("debian-dev") or rootfs.ensure("debian-dev", console=console)
             memory = peak_rss(umlrun.argv(tree, BUILD_50))
     show(table(results, runners), f"{machine()} - {rounds} rounds, medians (ratio to native)",
-         f"Machine: {machine()}; {rounds} rounds, interleaved; median wall time (ratio to native).", args.markdown)
+         f"Machine: {machine()}; {rounds} rounds, interleaved; median wall time (ratio to native); "
+         f"the last column is umlrun's time over upstream PRoot's.", args.markdown)
+    show(startup_table(startup, runners), f"Start-up: RUNNER /bin/true in the busybox tree, "
+         f"median of {STARTUP_ROUNDS} paired runs",
+         f"Start-up: `RUNNER /bin/true` in the busybox tree (no shell), median of {STARTUP_ROUNDS} paired runs "
+         f"(ratio to upstream PRoot).", args.markdown)
     if calls is not None:
         show(calls_table(calls, [r for r in runners if r.name in ("native", "umlrun")]),
              "One call, timed inside the guest (ratio to the C floor)",
@@ -426,8 +502,15 @@ def main_bench(args) -> int:
     if memory is not None:
         shown = f"{memory:.1f} MB" if isinstance(memory, float) else f"failed ({memory})"
         print(f"Supervisor peak resident memory during a {WHAT_50}: {shown}.")
+    for w in chosen:
+        skipped = [r.name for r in runners if r.name in w.not_run]
+        if skipped:
+            print(f"{w.name} is not run under {', '.join(skipped)}: it would take minutes there.")
     for name, cells in results.items():
         for runner, cell in cells.items():
-            if cell["error"] and not any(r.name == runner and r.missing for r in runners):
+            if cell["error"] and not cell["not_run"] and not any(r.name == runner and r.missing for r in runners):
                 console.print(f"[red]{name} under {runner} failed: {cell['error']}[/]", highlight=False)
+    for runner, cell in startup.items():
+        if cell["error"] and not any(r.name == runner and r.missing for r in runners):
+            console.print(f"[red]start-up under {runner} failed: {cell['error']}[/]", highlight=False)
     return 0

@@ -88,7 +88,7 @@ def build_parser() -> Parser:
     b.add_argument("--rounds", type=_positive(int, "--rounds"), help="rounds of every workload (default 5)")
     b.add_argument("--only", action="append", metavar="W-NAME", help="only this workload (repeatable)")
     b.add_argument("--runner", action="append", metavar="NAME",
-                   help="only this runner besides native (repeatable): proot, gvisor, umlrun, umlrun-trace-all")
+                   help="only this runner besides native (repeatable): proot, proot-upstream, gvisor, umlrun, umlrun-trace-all")
     b.add_argument("--markdown", action="store_true", help="print the table as Markdown (docs/benchmarks.md)")
     sv = sub.add_parser("server", help="the resident server that starts jails in milliseconds",
                         description="Keep one loaded supervisor per user: the umlrun launcher hands it "
