@@ -36,6 +36,7 @@ static long sysemu_write(int pid, uint64_t addr, const void *buf, size_t len);
 static int sysemu_respond(int notify_fd, uint64_t id, int64_t val, int error, uint32_t flags);
 static int sysemu_addfd(int notify_fd, uint64_t id, int srcfd, uint32_t newfd_flags, int send, int tid);
 #include "fastpath.c"
+#include "stops.c"
 
 /* ---- the event wait ------------------------------------------------------ */
 
@@ -62,6 +63,8 @@ static int sysemu_wait(int notify_fd, int sig_fd, struct sysemu_event *ev)
             int status;
             int pid = waitpid(-1, &status, __WALL | WNOHANG);
             if (pid > 0) {
+                if (stop_answer(pid, status))
+                    continue;
                 ev->kind = 2;
                 ev->pid = pid;
                 ev->status = status;

@@ -54,6 +54,7 @@ KEEPS_DIRS = frozenset("""
     unlink
 """.split())
 AT_REMOVEDIR = 0x200
+STOP_SET_TID_ADDRESS, STOP_WAIT4, STOP_SIGCHLD, STOP_EXIT_FIX = 1, 2, 4, 8  # as sysemu/stops.c
 
 
 def _cwd(proc) -> bytes:
@@ -70,6 +71,55 @@ class FastPath:
         self.copy_ups = OverlayFS.copy_ups
         lib.sysemu_fast_enable(int(self.enabled), own_u[0], own_u[-1], own_g[0], own_g[-1])
         lib.sysemu_fast_own_range(*getattr(kernel.own_uids, "range", (0, 0, 0xFFFFFFFF)))
+        self.stops = self._stops_mask() if self.enabled else 0
+        lib.sysemu_stops_enable(self.stops)
+        kernel.procs.ns.mirror = self
+
+    # ---- ptrace stops answered in C (sysemu/stops.c) ------------------------------------
+
+    def _stops_mask(self) -> int:
+        """The stops C may take: only those whose Python handler is the stock one
+        (a handler replaced, for teaching, gets every call)."""
+        from umlrun.kernel import Kernel
+        from umlrun.stops import PtraceStops
+        from umlrun.syscalls import pids
+        by_name, kind = self.k.table.by_name, type(self.k)
+        mask = STOP_EXIT_FIX
+        if by_name["set_tid_address"].handler is pids.sys_set_tid_address:
+            mask |= STOP_SET_TID_ADDRESS
+        if by_name["wait4"].handler is pids.sys_wait4:
+            mask |= STOP_WAIT4
+        if (kind.on_signal_stop is PtraceStops.on_signal_stop and kind.screen_signal is PtraceStops.screen_signal
+                and kind.guest_uid is Kernel.guest_uid):
+            mask |= STOP_SIGCHLD
+        return mask
+
+    def pid_given(self, host: int, guest: int) -> None:
+        if lib.sysemu_pid_map(host, guest) < 0:  # C's map is full: it can no longer translate
+            self.stops = 0
+            lib.sysemu_stops_enable(0)
+
+    def pid_forgotten(self, host: int) -> None:
+        lib.sysemu_pid_unmap(host)
+
+    def task_started(self, tid: int) -> None:
+        """A live guest task, resumed from its first stop: C may take its stops."""
+        lib.sysemu_pid_live(tid, 1)
+
+    def task_ended(self, tid: int) -> None:
+        lib.sysemu_pid_live(tid, 0)
+
+    def fix_exit(self, tid: int) -> bool:
+        """C translates the result of this task's next syscall exit (a host pid)."""
+        return bool(lib.sysemu_stops_fix_exit(tid))
+
+    def hold_stops(self, held: bool) -> None:
+        """Every stop to Python meanwhile (a lost fork event is being swept at each one)."""
+        lib.sysemu_stops_enable(0 if held else self.stops)
+
+    @staticmethod
+    def stops_answered() -> int:
+        return lib.sysemu_stops_answered()
 
     # ---- after each call Python answered ----------------------------------------------
 

@@ -94,6 +94,7 @@ class Kernel(PtraceStops):
         pid = self.platform.spawn(path, argv, envp, cwd=scratch_dir, drop_uid=uid, drop_gid=gid,
                                   tty_fd=tty_fd)
         self.procs.add_init(pid, Cred(), cwd)
+        self.fast.task_started(pid)
 
     def run(self) -> int:
         """Serve traps until the guest's first process exits; returns its exit code (128+N for a signal)."""
@@ -201,6 +202,7 @@ class Kernel(PtraceStops):
     def forget(self, tid: int) -> Process | None:
         """A task is gone."""
         self.fast.forget(tid)
+        self.fast.task_ended(tid)
         return self.procs.remove(tid)
 
     def report_bug(self, what: str, outcome: str = "the guest got EIO", trace: bool = True) -> None:

@@ -53,6 +53,7 @@ class PtraceStops:
     def on_wait(self, pid: int, status: int) -> None:
         if self.lost_forks:
             sweep_lost_forks(self)
+            self.fast.hold_stops(bool(self.lost_forks))  # swept at every stop meanwhile, C's too
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             self.forget(pid)
             if self.procs.init is not None and pid == self.procs.init.tid:
@@ -162,6 +163,7 @@ class PtraceStops:
         if child_tid <= 0:  # the parent was killed in this stop (another thread's exit_group)
             if proc is not None:
                 self.lost_forks.append((proc.tgid, time.monotonic()))
+                self.fast.hold_stops(True)
                 sweep_lost_forks(self)
             return
         if proc is not None:
@@ -196,15 +198,22 @@ class PtraceStops:
                     regs.rax = vpid
                 if then is not None:  # the registers a handler rewrote (CLONE_UNTRACED)
                     then(regs)
-            proc.at_exit = result
+            # Only the child's pid to put in the result: the C loop does it (sysemu/stops.c).
+            in_c = proc.at_exit is None and not proc.reexec and self.fast.fix_exit(pid)
+            if not in_c:
+                proc.at_exit = result
             if child.pending_stop:
                 child.pending_stop = False
                 self.start_task(child_tid, child)
+            if in_c:
+                self.platform.resume(pid, 0, PTRACE_SYSCALL)
+                return
         self.resume(pid, proc)
 
     def start_task(self, tid: int, proc: Process) -> None:
         """A new task's first stop, its parent's fork event seen: let it run."""
         proc.started = True
+        self.fast.task_started(tid)
         if "restore_rdi" in proc.extra:  # the guest's own clone flags (CLONE_UNTRACED cleared for the call)
             try:
                 regs = self.platform.getregs(tid)
