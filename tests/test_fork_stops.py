@@ -1,0 +1,88 @@
+"""fork+exec with its pid-only ptrace stops answered in the C loop
+(sysemu/stops.c): set_tid_address and wait4 on any child at entry and exit, a
+clone's result, a dead child's SIGCHLD. What the guest sees must not change:
+the same lines as natively in a fresh pid namespace, with the C loop taking
+the stops and without it (trace-all), and a handler replaced in Python still
+gets every call."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import REPO
+from test_pids import NEW_PID_NS, _jailed
+from test_probes import lines, native
+
+
+@pytest.mark.parametrize("mode", ["fast", "trace-all"])
+def test_fork_exec_wait_as_in_a_fresh_pid_namespace(busybox_root, probe_dir, mode):
+    """fork/clone/vfork results and SETTID words, the child's own pids, wait4 on
+    -1, 0 and a pid, waitid, statuses (exit, kill, stop, continue), an EINTR'd
+    wait4, ECHILD, SIGCHLD's si_pid/si_code/si_status/si_uid, a #! script,
+    and a failed exec's errno (ENOENT, EACCES, ENOEXEC, ENOTDIR)."""
+    want = lines(native(probe_dir, "fork_stops", prefix=NEW_PID_NS))
+    assert want[0] == "self 1 tid 1 set_tid_address 1"
+    assert lines(_jailed(busybox_root, probe_dir, "fork_stops", mode)) == want
+
+
+# A jail whose kernel a hook changes before the guest starts (JailConfig.setup);
+# what the hook reports is written to stderr when the supervisor ends.
+HOOKED = """
+import atexit, sys
+from umlrun.jail import JailConfig, run_jail
+def setup(k):
+{hook}
+sys.exit(run_jail(JailConfig(argv=sys.argv[2:], rootfs=sys.argv[1], setup=setup, trace_file={trace})))
+"""
+
+
+def hooked(root, hook: str, script: str, trace: str | None = None):
+    code = HOOKED.format(hook=textwrap.indent(hook, "    "), trace=repr(trace))
+    return subprocess.run([sys.executable, "-c", code, str(root), "sh", "-c", script],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+LOOP = "i=0; while [ $i -lt 20 ]; do /bin/true; i=$((i+1)); done; echo looped"
+REPORT_C = "atexit.register(lambda: sys.stderr.write('answered in C %d\\n' % k.fast.stops_answered()))\n"
+
+
+def test_the_c_loop_takes_the_pid_stops_of_a_fork_loop(busybox_root):
+    """Each round of the loop: set_tid_address's entry and exit, wait4's (two
+    calls), the clone's exit and the SIGCHLD: 8 stops."""
+    r = hooked(busybox_root, REPORT_C, LOOP)
+    assert r.returncode == 0 and r.stdout == "looped\n", r.stderr
+    answered = int(r.stderr.split("answered in C ")[1].split()[0])
+    assert answered >= 20 * 5, r.stderr
+
+
+def test_tracing_takes_no_stop_in_c(busybox_root):
+    """The trace shows every call: nothing is answered behind it."""
+    r = hooked(busybox_root, REPORT_C, LOOP, trace="/dev/null")
+    assert r.returncode == 0 and r.stdout == "looped\n", r.stderr
+    assert "answered in C 0\n" in r.stderr
+
+
+def test_a_replaced_handler_gets_every_call(busybox_root):
+    """A handler replaced in Python (teaching) sees every wait4 and
+    set_tid_address, and a replaced signal stop every SIGCHLD: C takes none."""
+    hook = textwrap.dedent("""\
+        seen = {'wait4': 0, 'set_tid_address': 0, 'sigchld': 0}
+        for name in ('wait4', 'set_tid_address'):
+            def counting(k, c, name=name, stock=k.table[name].handler):
+                seen[name] += 1
+                return stock(k, c)
+            k.table[name].handler = counting
+        on_signal_stop = k.on_signal_stop
+        def signal_stop(pid, proc, sig):
+            seen['sigchld'] += sig == 17
+            on_signal_stop(pid, proc, sig)
+        k.on_signal_stop = signal_stop
+        atexit.register(lambda: sys.stderr.write('seen %(wait4)d %(set_tid_address)d %(sigchld)d\\n' % seen))
+        """) + REPORT_C
+    r = hooked(busybox_root, hook, LOOP)
+    assert r.returncode == 0 and r.stdout == "looped\n", r.stderr
+    wait4, set_tid, sigchld = map(int, r.stderr.split("seen ")[1].split()[:3])
+    assert wait4 >= 20 and set_tid >= 21 and sigchld >= 20, r.stderr
+    # Only the clones' results are left to C (on_fork, the stock one, hands them over).
+    answered = int(r.stderr.split("answered in C ")[1].split()[0])
+    assert answered <= 20 + 1, r.stderr
