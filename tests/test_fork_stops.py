@@ -86,3 +86,14 @@ def test_a_replaced_handler_gets_every_call(busybox_root):
     # Only the clones' results are left to C (on_fork, the stock one, hands them over).
     answered = int(r.stderr.split("answered in C ")[1].split()[0])
     assert answered <= 20 + 1, r.stderr
+
+
+def test_own_exe_link_as_the_walk_finds_it(busybox_root):
+    """readlink("/proc/self/exe"), answered without the walk, names what the walk
+    names (/proc/PID/exe); in a chroot without /proc it fails, as natively."""
+    from conftest import umlrun
+    script = ('cp /bin/busybox /tmp/busybox; /tmp/busybox sh -c "readlink /proc/self/exe; readlink /proc/\\$\\$/exe"; '
+              "mkdir -p /tmp/r/bin /tmp/r/proc; cp /bin/busybox /tmp/r/bin/; "
+              "chroot /tmp/r /bin/busybox readlink /proc/self/exe; echo chroot $?; readlink /proc/self/exe")
+    r = umlrun("run", "-r", busybox_root, "--", "sh", "-c", script)
+    assert r.stdout.splitlines() == ["/tmp/busybox", "/tmp/busybox", "chroot 1", "/bin/busybox"], r.stderr
