@@ -52,6 +52,10 @@ void sysemu_pid_live(int host, int live);
 void sysemu_pid_unmap(int host);
 int sysemu_stops_fix_exit(int tid);
 unsigned long sysemu_stops_answered(void);
+int sysemu_stops_start(int tid, uint64_t settid);
+void sysemu_stops_exec(int tid);
+int sysemu_exec_log_take(int *out, int max);
+int sysemu_exec_logged(void);
 long sysemu_syscall6(long nr, long a, long b, long c, long d, long e, long f);
 
 int sysemu_child_exec(const char *path, char *const argv[], char *const envp[],

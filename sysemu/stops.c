@@ -13,16 +13,23 @@
 
 #define PID_SLOTS 16384 /* a power of two, over the live tasks and the dead pids kept */
 
-enum { STOP_SET_TID_ADDRESS = 1, STOP_WAIT4 = 2, STOP_SIGCHLD = 4, STOP_EXIT_FIX = 8 };
+enum { STOP_SET_TID_ADDRESS = 1, STOP_WAIT4 = 2, STOP_SIGCHLD = 4, STOP_EXIT_FIX = 8, STOP_START = 16, STOP_EXEC = 32 };
 
 struct pid_entry {
     int host;    /* 0: a free slot */
     int guest;
     int live;    /* a live guest task Python has started */
     int pending; /* its next syscall-exit stop: the result is a host pid to translate */
+    int start;   /* a new task whose parent's fork event Python handled: resume its first stop */
+    uint64_t settid; /* ... writing its guest pid there first (CLONE_CHILD_SETTID) */
+    int exec;    /* an exec Python prepared: its exec event is only bookkeeping (exec_log) */
 };
 
 static struct pid_entry pid_map[PID_SLOTS];
+/* Tasks whose exec event C resumed: Python reads them (sysemu_exec_log_take)
+ * before it handles any other event. */
+#define EXEC_LOG_SIZE 256
+static int exec_log[EXEC_LOG_SIZE], exec_logged;
 static int stops_mask;
 static unsigned long stops_answered;
 
@@ -59,8 +66,44 @@ static void sysemu_pid_live(int host, int live)
     struct pid_entry *e = pid_slot(host, 0);
     if (e != NULL) {
         e->live = live;
-        e->pending = 0;
+        e->pending = e->start = e->exec = 0;
     }
+}
+
+/* The new task's first stop is C's to resume (Python has made it a guest task
+ * at its parent's fork event); settid: where to write its guest pid first. */
+static int sysemu_stops_start(int tid, uint64_t settid)
+{
+    struct pid_entry *e = pid_slot(tid, 0);
+    if (!(stops_mask & STOP_START) || e == NULL || e->live)
+        return 0;
+    e->live = e->start = 1;
+    e->settid = settid;
+    return 1;
+}
+
+/* The exec this task is about to make was prepared by Python: C may resume its
+ * exec event and log it. */
+static void sysemu_stops_exec(int tid)
+{
+    struct pid_entry *e = pid_slot(tid, 0);
+    if (e != NULL && (stops_mask & STOP_EXEC))
+        e->exec = 1;
+}
+
+/* The logged execs (at most max), oldest first; the log is emptied. */
+static int sysemu_exec_log_take(int *out, int max)
+{
+    int n = exec_logged < max ? exec_logged : max;
+    memcpy(out, exec_log, n * sizeof *out);
+    memmove(exec_log, exec_log + n, (exec_logged - n) * sizeof *exec_log);
+    exec_logged -= n;
+    return n;
+}
+
+static int sysemu_exec_logged(void)
+{
+    return exec_logged;
 }
 
 /* Python forgot the pid: linear probing's deletion, shifting back the
@@ -137,18 +180,39 @@ static int stop_sigchld(int pid)
 /* 1: the stop is answered and the task resumed; 0: Python's. */
 static int stop_answer(int pid, int status)
 {
-    if (!stops_mask)
-        return 0;
     struct pid_entry *e = pid_slot(pid, 0);
     if (e == NULL)
         return 0;
     if (!WIFSTOPPED(status)) {
-        e->pending = 0; /* gone: Python hears of it */
+        e->pending = e->start = e->exec = 0; /* gone: Python hears of it */
         return 0;
     }
-    if (!e->live)
-        return 0;
     int sig = WSTOPSIG(status), event = status >> 16;
+    /* Python counts this task started already: its first stop is C's whatever
+     * the mask says now (a task held there would never run). */
+    if (e->start && e->live && event == PTRACE_EVENT_STOP) {
+        e->start = 0;
+        if (e->settid) {
+            int vpid = e->guest;
+            sysemu_write(pid, e->settid, &vpid, sizeof vpid); /* Linux ignores a bad SETTID pointer too */
+        }
+        ptrace(PTRACE_CONT, pid, 0, 0);
+        stops_answered++;
+        return 1;
+    }
+    if (!stops_mask || !e->live)
+        return 0;
+    if (event == PTRACE_EVENT_EXEC && e->exec && exec_logged < EXEC_LOG_SIZE) {
+        unsigned long former = 0;
+        e->exec = 0;
+        if (ptrace(PTRACE_GETEVENTMSG, pid, 0, &former) < 0 || (int)former != pid)
+            return 0; /* a thread that took over its leader's pid: Python's */
+        sysemu_fast_forget(pid);
+        exec_log[exec_logged++] = pid;
+        ptrace(PTRACE_CONT, pid, 0, 0);
+        stops_answered++;
+        return 1;
+    }
     struct user_regs_struct regs;
     if (event == PTRACE_EVENT_SECCOMP && !e->pending) {
         if (ptrace(PTRACE_GETREGS, pid, 0, &regs) < 0)

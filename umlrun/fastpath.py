@@ -29,7 +29,7 @@ import os
 import stat
 
 from hostfs.overlay import OverlayFS
-from sysemu._sysemu import lib
+from sysemu._sysemu import ffi, lib
 
 O_WRITES = os.O_ACCMODE | os.O_CREAT | os.O_TRUNC | 0o20000000  # ... | __O_TMPFILE
 AT_FDCWD = -100
@@ -54,7 +54,7 @@ KEEPS_DIRS = frozenset("""
     unlink
 """.split())
 AT_REMOVEDIR = 0x200
-STOP_SET_TID_ADDRESS, STOP_WAIT4, STOP_SIGCHLD, STOP_EXIT_FIX = 1, 2, 4, 8  # as sysemu/stops.c
+STOP_SET_TID_ADDRESS, STOP_WAIT4, STOP_SIGCHLD, STOP_EXIT_FIX, STOP_START, STOP_EXEC = 1, 2, 4, 8, 16, 32  # stops.c
 
 
 def _cwd(proc) -> bytes:
@@ -74,6 +74,8 @@ class FastPath:
         self.stops = self._stops_mask() if self.enabled else 0
         lib.sysemu_stops_enable(self.stops)
         kernel.procs.ns.mirror = self
+        self.execs_logged = lib.sysemu_exec_logged
+        self._exec_buf = ffi.new("int[256]")
 
     # ---- ptrace stops answered in C (sysemu/stops.c) ------------------------------------
 
@@ -95,6 +97,10 @@ class FastPath:
             mask |= STOP_WAIT4
         if stock("on_signal_stop", "screen_signal", "guest_uid"):
             mask |= STOP_SIGCHLD
+        if stock("on_event_stop", "start_task"):
+            mask |= STOP_START
+        if stock("on_exec", "exec_done"):
+            mask |= STOP_EXEC
         return mask
 
     def pid_given(self, host: int, guest: int) -> None:
@@ -115,6 +121,22 @@ class FastPath:
     def fix_exit(self, tid: int) -> bool:
         """C translates the result of this task's next syscall exit (a host pid)."""
         return bool(lib.sysemu_stops_fix_exit(tid))
+
+    def start_in_c(self, tid: int, settid: int) -> bool:
+        """A new task, made a guest task at its parent's fork event, before its
+        first stop: C resumes that stop (writing its guest pid at settid, if any)."""
+        return bool(lib.sysemu_stops_start(tid, settid))
+
+    def exec_prepared(self, proc) -> None:
+        """The exec this task is making was prepared here: C may resume its exec
+        event, and Python does the bookkeeping later (take_execs)."""
+        if proc.at_exit is None and not proc.reexec:
+            lib.sysemu_stops_exec(proc.tid)
+
+    def take_execs(self) -> list[int]:
+        """The tasks whose exec event C resumed since the last call."""
+        buf = self._exec_buf
+        return list(buf[0:lib.sysemu_exec_log_take(buf, 256)])
 
     def hold_stops(self, held: bool) -> None:
         """Every stop to Python meanwhile (a lost fork event is being swept at each one)."""

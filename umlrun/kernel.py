@@ -99,10 +99,14 @@ class Kernel(PtraceStops):
     def run(self) -> int:
         """Serve traps until the guest's first process exits; returns its exit code (128+N for a signal)."""
         wait, on_notify, on_wait = self.platform.wait, self.on_notify, self.on_wait
+        execs_logged = self.fast.execs_logged
         while self.exit_status is None:
             ev = wait()
             if ev is None:
                 break
+            if execs_logged():  # exec events the C loop resumed: their bookkeeping comes first
+                for tid in self.fast.take_execs():
+                    self.exec_done(tid, self.procs.get(tid))
             # Nothing a guest does may end this loop: a handler's bug costs that
             # one call an errno, a stop that cannot be handled its task.
             if ev[0] == NOTIFY:

@@ -205,6 +205,8 @@ class PtraceStops:
             if child.pending_stop:
                 child.pending_stop = False
                 self.start_task(child_tid, child)
+            elif "restore_rdi" not in child.extra and self.fast.start_in_c(child_tid, child.settid):
+                child.started, child.settid = True, 0  # its first stop is the C loop's (sysemu/stops.c)
             if in_c:
                 self.platform.resume(pid, 0, PTRACE_SYSCALL)
                 return
@@ -238,13 +240,17 @@ class PtraceStops:
             old = self.forget(former)
             if old is not None and proc is not None:
                 proc.cred = old.cred
+        self.exec_done(pid, proc)
+        self.resume(pid, proc)
+
+    def exec_done(self, pid: int, proc: Process | None) -> None:
+        """A task's exec succeeded (its event resumed here, or in the C loop)."""
         self.fast.forget(pid)
         if proc is not None:
             proc.exec_pending = proc.at_exit = None
             proc.extra.pop("dumpable", None)  # a new image is dumpable again (umlrun/syscalls/tasks.py)
             proc.extra["exe"] = proc.extra.pop("next_exe", None)
             proc.extra["comm"] = proc.extra.pop("next_comm", None)
-        self.resume(pid, proc)
 
     def on_seccomp_stop(self, pid: int, proc: Process | None) -> None:
         platform = self.platform

@@ -235,6 +235,7 @@ def _exec(k, c: Call, nr: int, dirfd: int, path_arg: int, argv: int, envp: int, 
     if prep is not None and prep.key == key and prep.guestfd >= 0:
         proc.exec_pending = None
         _finish(k, c, prep, argv, envp)
+        k.fast.exec_prepared(proc)
         return None
     if prep is not None and prep.hostfd >= 0:
         os.close(prep.hostfd)
