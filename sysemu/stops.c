@@ -13,7 +13,8 @@
 
 #define PID_SLOTS 16384 /* a power of two, over the live tasks and the dead pids kept */
 
-enum { STOP_SET_TID_ADDRESS = 1, STOP_WAIT4 = 2, STOP_SIGCHLD = 4, STOP_EXIT_FIX = 8, STOP_START = 16, STOP_EXEC = 32 };
+enum { STOP_SET_TID_ADDRESS = 1, STOP_WAIT4 = 2, STOP_SIGCHLD = 4, STOP_EXIT_FIX = 8, STOP_START = 16, STOP_EXEC = 32,
+       STOP_EXEC_FINISH = 64 };
 
 struct pid_entry {
     int host;    /* 0: a free slot */
@@ -23,6 +24,20 @@ struct pid_entry {
     int start;   /* a new task whose parent's fork event Python handled: resume its first stop */
     uint64_t settid; /* ... writing its guest pid there first (CLONE_CHILD_SETTID) */
     int exec;    /* an exec Python prepared: its exec event is only bookkeeping (exec_log) */
+    struct exec_ready *ready; /* an exec past its step 2 (umlrun/syscalls/exec.py): C makes step 3 */
+};
+
+/* What step 3 of an exec needs (umlrun/syscalls/exec.py _finish): the call as
+ * the guest made it (nr and its first five arguments), the program's guest
+ * descriptor, and the new argv's plan: literal strings, with the guest's own
+ * argv[0] at argv0_at (-1: none), then the guest's argv[1:]. */
+struct exec_ready {
+    uint64_t key[6];
+    int guestfd;
+    int planned;   /* 0: argv stays the guest's */
+    int nlit, argv0_at;
+    int bloblen;
+    char blob[];   /* the literals, each ending with its NUL */
 };
 
 static struct pid_entry pid_map[PID_SLOTS];
@@ -67,7 +82,28 @@ static void sysemu_pid_live(int host, int live)
     if (e != NULL) {
         e->live = live;
         e->pending = e->start = e->exec = 0;
+        free(e->ready);
+        e->ready = NULL;
     }
+}
+
+/* Step 2 of this task's exec is done: C may make step 3 at its next seccomp
+ * stop, if that stop is the exec re-issued as made (any other stop drops it). */
+static int sysemu_exec_ready(int tid, const uint64_t *key, int guestfd, int planned, const char *blob,
+                             int bloblen, int nlit, int argv0_at)
+{
+    struct pid_entry *e = pid_slot(tid, 0);
+    if (!(stops_mask & STOP_EXEC_FINISH) || e == NULL || !e->live || bloblen < 0 || bloblen > 65536)
+        return 0;
+    struct exec_ready *x = malloc(sizeof *x + bloblen);
+    if (x == NULL)
+        return 0;
+    memcpy(x->key, key, sizeof x->key);
+    x->guestfd = guestfd, x->planned = planned, x->nlit = nlit, x->argv0_at = argv0_at, x->bloblen = bloblen;
+    memcpy(x->blob, blob, bloblen);
+    free(e->ready);
+    e->ready = x;
+    return 1;
 }
 
 /* The new task's first stop is C's to resume (Python has made it a guest task
@@ -113,6 +149,8 @@ static void sysemu_pid_unmap(int host)
     struct pid_entry *e = pid_slot(host, 0);
     if (e == NULL)
         return;
+    free(e->ready);
+    e->ready = NULL;
     unsigned int i = e - pid_map, j = i;
     pid_map[i].host = 0;
     for (;;) {
@@ -177,6 +215,67 @@ static int stop_sigchld(int pid)
     return 1;
 }
 
+#define RED_ZONE 128
+#define MAX_ARGV_C 4096 /* more arguments: Python's step 3 */
+#define LOG_FINISHED 1  /* exec_log: step 3 made (else: the exec event) */
+
+/* Step 3 of an exec, as exec.py _finish makes it: the re-issued call becomes
+ * execveat(guestfd, "", argv', envp, AT_EMPTY_PATH), argv' and "" written
+ * below the guest's red zone. 1: done; 0: Python's (nothing changed). */
+static int exec_finish(int pid, struct user_regs_struct *r, const struct exec_ready *x)
+{
+    int execveat = r->orig_rax == SYS_execveat;
+    uint64_t argv = execveat ? r->rdx : r->rsi, envp = execveat ? r->r10 : r->rdx;
+    uint64_t sp = (r->rsp - RED_ZONE) & ~15ULL, empty, argv_ptr = argv;
+    if (exec_logged >= EXEC_LOG_SIZE)
+        return 0;
+    if (x->planned) {
+        static uint64_t old[MAX_ARGV_C + 1], table[MAX_ARGV_C + 64];
+        int nold = 0;
+        while (argv) {
+            if (nold > MAX_ARGV_C || sysemu_read(pid, argv + 8 * nold, &old[nold], 8) < 0)
+                return 0;
+            if (old[nold] == 0)
+                break;
+            nold++;
+        }
+        uint64_t base = (sp - x->bloblen - 1) & ~15ULL;
+        int n = 0, off = 1, lit = 0;
+        for (int i = 0; lit < x->nlit || i == x->argv0_at; i++) {
+            if (i == x->argv0_at) {
+                if (nold)
+                    table[n++] = old[0];
+                continue;
+            }
+            if (n >= 64)
+                return 0;
+            table[n++] = base + off;
+            off += strlen(x->blob + off - 1) + 1;
+            lit++;
+        }
+        for (int i = 1; i < nold; i++)
+            table[n++] = old[i];
+        table[n++] = 0;
+        argv_ptr = (base - 8 * n) & ~15ULL;
+        char nul = 0;
+        if (sysemu_write(pid, argv_ptr, table, 8 * n) < 0 || sysemu_write(pid, base, &nul, 1) < 0 ||
+            (x->bloblen && sysemu_write(pid, base + 1, x->blob, x->bloblen) < 0))
+            return 0;
+        empty = base;
+    } else {
+        empty = sp - 16;
+        char nul = 0;
+        if (sysemu_write(pid, empty, &nul, 1) < 0)
+            return 0;
+    }
+    r->orig_rax = SYS_execveat;
+    r->rdi = x->guestfd, r->rsi = empty, r->rdx = argv_ptr, r->r10 = envp, r->r8 = AT_EMPTY_PATH;
+    if (ptrace(PTRACE_SETREGS, pid, 0, r) < 0)
+        return 0;
+    exec_log[exec_logged++] = pid * 2 + LOG_FINISHED;
+    return 1;
+}
+
 /* 1: the stop is answered and the task resumed; 0: Python's. */
 static int stop_answer(int pid, int status)
 {
@@ -185,6 +284,8 @@ static int stop_answer(int pid, int status)
         return 0;
     if (!WIFSTOPPED(status)) {
         e->pending = e->start = e->exec = 0; /* gone: Python hears of it */
+        free(e->ready);
+        e->ready = NULL;
         return 0;
     }
     int sig = WSTOPSIG(status), event = status >> 16;
@@ -208,15 +309,31 @@ static int stop_answer(int pid, int status)
         if (ptrace(PTRACE_GETEVENTMSG, pid, 0, &former) < 0 || (int)former != pid)
             return 0; /* a thread that took over its leader's pid: Python's */
         sysemu_fast_forget(pid);
-        exec_log[exec_logged++] = pid;
+        exec_log[exec_logged++] = pid * 2;
         ptrace(PTRACE_CONT, pid, 0, 0);
         stops_answered++;
         return 1;
     }
     struct user_regs_struct regs;
     if (event == PTRACE_EVENT_SECCOMP && !e->pending) {
-        if (ptrace(PTRACE_GETREGS, pid, 0, &regs) < 0)
+        struct exec_ready *x = e->ready;
+        e->ready = NULL;
+        if (ptrace(PTRACE_GETREGS, pid, 0, &regs) < 0) {
+            free(x);
             return 0;
+        }
+        if (x != NULL) {
+            uint64_t key[6] = {regs.orig_rax, regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8};
+            int done = !memcmp(key, x->key, sizeof key) && exec_finish(pid, &regs, x);
+            free(x);
+            if (!done)
+                return 0;
+            if (stops_mask & STOP_EXEC)
+                e->exec = 1;
+            ptrace(PTRACE_CONT, pid, 0, 0);
+            stops_answered++;
+            return 1;
+        }
         /* wait4 on any child, or on the caller's group: no pid to translate in
          * the call, only in its result. */
         int take = (regs.orig_rax == SYS_set_tid_address && (stops_mask & STOP_SET_TID_ADDRESS)) ||

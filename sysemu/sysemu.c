@@ -31,6 +31,7 @@
 #include "compat.h"
 #include "sysemu.h"
 
+static long sysemu_read(int pid, uint64_t addr, void *buf, size_t len);
 static long sysemu_read_string(int pid, uint64_t addr, char *buf, size_t max);
 static long sysemu_write(int pid, uint64_t addr, const void *buf, size_t len);
 static int sysemu_respond(int notify_fd, uint64_t id, int64_t val, int error, uint32_t flags);

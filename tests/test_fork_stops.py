@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import REPO
+from conftest import REPO, umlrun
 from test_pids import NEW_PID_NS, _jailed
 from test_probes import lines, native
 
@@ -48,12 +48,12 @@ REPORT_C = "atexit.register(lambda: sys.stderr.write('answered in C %d\\n' % k.f
 
 def test_the_c_loop_takes_the_pid_stops_of_a_fork_loop(busybox_root):
     """Each round of the loop: set_tid_address's entry and exit, wait4's (two
-    calls), the clone's exit, the child's first stop, the exec event and the
-    SIGCHLD: 10 stops."""
+    calls), the clone's exit, the child's first stop, the exec's step 3 and its
+    event, the SIGCHLD: 11 stops."""
     r = hooked(busybox_root, REPORT_C, LOOP)
     assert r.returncode == 0 and r.stdout == "looped\n", r.stderr
     answered = int(r.stderr.split("answered in C ")[1].split()[0])
-    assert answered >= 20 * 10, r.stderr
+    assert answered >= 20 * 11, r.stderr
 
 
 def test_tracing_takes_no_stop_in_c(busybox_root):
@@ -85,17 +85,34 @@ def test_a_replaced_handler_gets_every_call(busybox_root):
     wait4, set_tid, sigchld = map(int, r.stderr.split("seen ")[1].split()[:3])
     assert wait4 >= 20 and set_tid >= 21 and sigchld >= 20, r.stderr
     # Left to C: the clones' results and the children's first stops (on_fork, the
-    # stock one, hands them over) and the exec events (the first process's too).
+    # stock one, hands them over), the execs' step 3 and events (the first
+    # process's too).
     answered = int(r.stderr.split("answered in C ")[1].split()[0])
-    assert answered <= 3 * 20 + 1, r.stderr
+    assert answered <= 4 * 20 + 2, r.stderr
 
 
 def test_own_exe_link_as_the_walk_finds_it(busybox_root):
     """readlink("/proc/self/exe"), answered without the walk, names what the walk
     names (/proc/PID/exe); in a chroot without /proc it fails, as natively."""
-    from conftest import umlrun
     script = ('cp /bin/busybox /tmp/busybox; /tmp/busybox sh -c "readlink /proc/self/exe; readlink /proc/\\$\\$/exe"; '
               "mkdir -p /tmp/r/bin /tmp/r/proc; cp /bin/busybox /tmp/r/bin/; "
               "chroot /tmp/r /bin/busybox readlink /proc/self/exe; echo chroot $?; readlink /proc/self/exe")
     r = umlrun("run", "-r", busybox_root, "--", "sh", "-c", script)
     assert r.stdout.splitlines() == ["/tmp/busybox", "/tmp/busybox", "chroot 1", "/bin/busybox"], r.stderr
+
+
+def test_dynamic_programs_and_scripts_get_their_argv():
+    """Step 3 of an exec made in the C loop builds argv' as Python does: the
+    loader's arguments with the guest's argv[0] kept (`exec -a`), a #! line's
+    interpreter and argument before the script's name, the arguments after."""
+
+    import rootfs
+    root = rootfs.ensure("debian-dev")
+    script = ("exec 2>&1; bash -c 'exec -a myname cat /proc/self/cmdline' | tr '\\0' ' '; echo; "
+              "printf '#!/usr/bin/env python3\\nimport sys\\nprint(sys.argv)\\n' > /tmp/s.py; chmod +x /tmp/s.py; "
+              "/tmp/s.py x 'y z'; printf '#!/bin/sh -e\\necho $0 $# \"$1\"\\n' > /tmp/t; chmod +x /tmp/t; "
+              "/tmp/t 'a b' c; python3 -c 'import sys; print(sys.argv)' a b; "
+              "for i in 1 2 3 4 5; do /bin/true; done; env -i /usr/bin/env; echo end")
+    r = umlrun("run", "-r", root, "--", "sh", "-c", script, timeout=120)
+    assert r.stdout.splitlines() == ["myname /proc/self/cmdline ", "['/tmp/s.py', 'x', 'y z']", "/tmp/t 2 a b",
+                                     "['-c', 'a', 'b']", "end"], r.stderr

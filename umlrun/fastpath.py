@@ -55,6 +55,7 @@ KEEPS_DIRS = frozenset("""
 """.split())
 AT_REMOVEDIR = 0x200
 STOP_SET_TID_ADDRESS, STOP_WAIT4, STOP_SIGCHLD, STOP_EXIT_FIX, STOP_START, STOP_EXEC = 1, 2, 4, 8, 16, 32  # stops.c
+STOP_EXEC_FINISH = 64
 
 
 def _cwd(proc) -> bytes:
@@ -83,6 +84,7 @@ class FastPath:
         """The stops C may take: only those whose Python handlers are the stock
         ones (a handler replaced, for teaching or a test, gets every call)."""
         from umlrun.kernel import Kernel
+        from umlrun.syscalls import exec as exec_calls
         from umlrun.syscalls import pids
         k = self.k
 
@@ -101,6 +103,9 @@ class FastPath:
             mask |= STOP_START
         if stock("on_exec", "exec_done"):
             mask |= STOP_EXEC
+        if all(k.table.by_name[n].handler is h for n, h in (("execve", exec_calls.sys_execve),
+                                                           ("execveat", exec_calls.sys_execveat))):
+            mask |= STOP_EXEC_FINISH
         return mask
 
     def pid_given(self, host: int, guest: int) -> None:
@@ -133,10 +138,24 @@ class FastPath:
         if proc.at_exit is None and not proc.reexec:
             lib.sysemu_stops_exec(proc.tid)
 
-    def take_execs(self) -> list[int]:
-        """The tasks whose exec event C resumed since the last call."""
+    def take_execs(self) -> list[tuple[int, bool]]:
+        """(tid, step 3 made, else its exec event resumed) for each exec stop C
+        took since the last call, in order."""
         buf = self._exec_buf
-        return list(buf[0:lib.sysemu_exec_log_take(buf, 256)])
+        return [(v >> 1, bool(v & 1)) for v in buf[0:lib.sysemu_exec_log_take(buf, 256)]]
+
+    def exec_ready(self, proc, key: tuple, guestfd: int, plan) -> None:
+        """Step 2 of an exec is done: C may make step 3 (umlrun/syscalls/exec.py).
+        plan: the new argv up to the guest's argv[1:] (None in it: its argv[0])."""
+        if not self.stops & STOP_EXEC_FINISH:
+            return
+        literals = [a for a in plan if a is not None] if plan is not None else []
+        if any(b"\0" in a for a in literals) or (plan is not None and plan.count(None) > 1):
+            return
+        blob = b"".join(a + b"\0" for a in literals)
+        argv0_at = plan.index(None) if plan is not None and None in plan else -1
+        lib.sysemu_exec_ready(proc.tid, ffi.new("uint64_t[6]", [v & 0xFFFFFFFFFFFFFFFF for v in key]), guestfd,
+                              int(plan is not None), blob, len(blob), len(literals), argv0_at)
 
     def hold_stops(self, held: bool) -> None:
         """Every stop to Python meanwhile (a lost fork event is being swept at each one)."""

@@ -104,9 +104,8 @@ class Kernel(PtraceStops):
             ev = wait()
             if ev is None:
                 break
-            if execs_logged():  # exec events the C loop resumed: their bookkeeping comes first
-                for tid in self.fast.take_execs():
-                    self.exec_done(tid, self.procs.get(tid))
+            if execs_logged():  # exec stops the C loop took: their bookkeeping comes first
+                self.execs_in_c()
             # Nothing a guest does may end this loop: a handler's bug costs that
             # one call an errno, a stop that cannot be handled its task.
             if ev[0] == NOTIFY:

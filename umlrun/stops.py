@@ -29,6 +29,7 @@ from sysemu.platform import (
 from umlrun.call import GUEST_ERRORS, Call, restoring
 from umlrun.process import Process, catches
 from umlrun.supervision import sweep_lost_forks, thread_flags
+from umlrun.syscalls.exec import finished_exec
 from umlrun.syscalls.table import EMULATED
 
 _ERESTARTSYS, _ERESTARTNOINTR = 2**64 - 512, 2**64 - 513  # kernel-internal, as seen in rax
@@ -242,6 +243,16 @@ class PtraceStops:
                 proc.cred = old.cred
         self.exec_done(pid, proc)
         self.resume(pid, proc)
+
+    def execs_in_c(self) -> None:
+        """The exec stops the C loop took since the last event, in order: an
+        exec's step 3 made (umlrun/syscalls/exec.py), an exec event resumed."""
+        for tid, finished in self.fast.take_execs():
+            proc = self.procs.get(tid)
+            if not finished:
+                self.exec_done(tid, proc)
+            elif proc is not None and proc.exec_pending is not None:
+                finished_exec(proc, proc.exec_pending)
 
     def exec_done(self, pid: int, proc: Process | None) -> None:
         """A task's exec succeeded (its event resumed here, or in the C loop)."""

@@ -130,6 +130,7 @@ int main(void)
     c = fork();
     if (c == 0) {
         raise(SIGSTOP);
+        usleep(200000); /* its exit would race with the report of its continuing */
         _exit(6);
     }
     w = wait4(-1, &status, WUNTRACED, NULL);

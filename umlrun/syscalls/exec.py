@@ -221,11 +221,17 @@ def _finish(k, c: Call, prep: PreparedExec, argv_addr: int, envp_addr: int) -> N
     else:
         empty = sp - 16
         c.write(empty, b"\0")
-    # /proc/PID/exe must name the program, not the loader that runs it.
-    c.proc.extra["next_exe"] = prep.program if prep.plan is not None else None
-    c.proc.extra["next_comm"] = prep.comm
+    finished_exec(c.proc, prep)
     r.orig_rax = NR_EXECVEAT
     r.rdi, r.rsi, r.rdx, r.r10, r.r8 = prep.guestfd, empty, argv_ptr, envp_addr, AT_EMPTY_PATH
+
+
+def finished_exec(proc, prep: PreparedExec) -> None:
+    """Step 3 is made (here, or in the C loop: sysemu/stops.c exec_finish)."""
+    proc.exec_pending = None
+    # /proc/PID/exe must name the program, not the loader that runs it.
+    proc.extra["next_exe"] = prep.program if prep.plan is not None else None
+    proc.extra["next_comm"] = prep.comm
 
 
 def _exec(k, c: Call, nr: int, dirfd: int, path_arg: int, argv: int, envp: int, flags: int):
@@ -270,6 +276,7 @@ def sys_exec_fd(k, c: Call):
         c.proc.exec_pending = None
         raise SysError(-fd)
     prep.guestfd = fd
+    k.fast.exec_ready(c.proc, prep.key, fd, prep.plan)  # step 3 may be made in the C loop
     return prep.key[0]
 
 
