@@ -15,6 +15,7 @@
 
 enum { STOP_SET_TID_ADDRESS = 1, STOP_WAIT4 = 2, STOP_SIGCHLD = 4, STOP_EXIT_FIX = 8, STOP_START = 16, STOP_EXEC = 32,
        STOP_EXEC_FINISH = 64 };
+#define EXEC_FD_NR 0x3FF0 /* umlrun/syscalls/exec.py: step 2's private call */
 
 struct pid_entry {
     int host;    /* 0: a free slot */
@@ -27,13 +28,14 @@ struct pid_entry {
     struct exec_ready *ready; /* an exec past its step 2 (umlrun/syscalls/exec.py): C makes step 3 */
 };
 
-/* What step 3 of an exec needs (umlrun/syscalls/exec.py _finish): the call as
- * the guest made it (nr and its first five arguments), the program's guest
- * descriptor, and the new argv's plan: literal strings, with the guest's own
+/* What steps 2 and 3 of an exec need (umlrun/syscalls/exec.py): the call as
+ * the guest made it (nr and its first five arguments), the program's
+ * descriptor (C's copy, then its number in the guest), and the new argv's plan: literal strings, with the guest's own
  * argv[0] at argv0_at (-1: none), then the guest's argv[1:]. */
 struct exec_ready {
     uint64_t key[6];
-    int guestfd;
+    int hostfd;    /* step 2's to install (C's own copy), -1 once installed */
+    int guestfd;   /* -1 until step 2 is made */
     int planned;   /* 0: argv stays the guest's */
     int nlit, argv0_at;
     int bloblen;
@@ -44,7 +46,18 @@ static struct pid_entry pid_map[PID_SLOTS];
 /* Tasks whose exec event C resumed: Python reads them (sysemu_exec_log_take)
  * before it handles any other event. */
 #define EXEC_LOG_SIZE 256
-static int exec_log[EXEC_LOG_SIZE], exec_logged;
+struct exec_logged { int tid, kind, fd; };
+enum { LOG_EXECED, LOG_FINISHED, LOG_INSTALLED }; /* the exec event; step 3 made; step 2 (fd or -errno) */
+static struct exec_logged exec_log[EXEC_LOG_SIZE];
+static int exec_logged;
+
+static void drop_ready(struct pid_entry *e)
+{
+    if (e->ready != NULL && e->ready->hostfd >= 0)
+        close(e->ready->hostfd);
+    free(e->ready);
+    e->ready = NULL;
+}
 static int stops_mask;
 static unsigned long stops_answered;
 
@@ -82,14 +95,15 @@ static void sysemu_pid_live(int host, int live)
     if (e != NULL) {
         e->live = live;
         e->pending = e->start = e->exec = 0;
-        free(e->ready);
-        e->ready = NULL;
+        drop_ready(e);
     }
 }
 
-/* Step 2 of this task's exec is done: C may make step 3 at its next seccomp
- * stop, if that stop is the exec re-issued as made (any other stop drops it). */
-static int sysemu_exec_ready(int tid, const uint64_t *key, int guestfd, int planned, const char *blob,
+/* Step 1 of this task's exec is made (Python resolved and opened the program,
+ * hostfd: C's copy, which C now owns): C may make step 2 (its EXEC_FD_NR
+ * notification) and step 3 (at its next seccomp stop, if that stop is the exec
+ * re-issued as made). Any other seccomp stop of the task drops the record. */
+static int sysemu_exec_ready(int tid, const uint64_t *key, int hostfd, int planned, const char *blob,
                              int bloblen, int nlit, int argv0_at)
 {
     struct pid_entry *e = pid_slot(tid, 0);
@@ -99,10 +113,36 @@ static int sysemu_exec_ready(int tid, const uint64_t *key, int guestfd, int plan
     if (x == NULL)
         return 0;
     memcpy(x->key, key, sizeof x->key);
-    x->guestfd = guestfd, x->planned = planned, x->nlit = nlit, x->argv0_at = argv0_at, x->bloblen = bloblen;
+    x->hostfd = hostfd, x->guestfd = -1;
+    x->planned = planned, x->nlit = nlit, x->argv0_at = argv0_at, x->bloblen = bloblen;
     memcpy(x->blob, blob, bloblen);
-    free(e->ready);
+    drop_ready(e);
     e->ready = x;
+    return 1;
+}
+
+/* Step 2 (exec.py sys_exec_fd): install the program in the guest and answer
+ * with the original call's number, which the guest re-issues. 1: answered. */
+static int stop_notify(int notify_fd, const struct seccomp_notif *req)
+{
+    if (req->data.nr != EXEC_FD_NR || req->data.arch != AUDIT_ARCH_X86_64 || exec_logged >= EXEC_LOG_SIZE)
+        return 0;
+    struct pid_entry *e = pid_slot(req->pid, 0);
+    if (e == NULL || !e->live || e->ready == NULL || e->ready->hostfd < 0)
+        return 0;
+    struct exec_ready *x = e->ready;
+    int fd = sysemu_addfd(notify_fd, req->id, x->hostfd, O_CLOEXEC, 0, req->pid);
+    close(x->hostfd);
+    x->hostfd = -1;
+    exec_log[exec_logged++] = (struct exec_logged){req->pid, LOG_INSTALLED, fd};
+    if (fd < 0) {
+        drop_ready(e);
+        sysemu_respond(notify_fd, req->id, 0, fd, 0);
+    } else {
+        x->guestfd = fd;
+        sysemu_respond(notify_fd, req->id, (int64_t)x->key[0], 0, 0);
+    }
+    stops_answered++;
     return 1;
 }
 
@@ -127,11 +167,12 @@ static void sysemu_stops_exec(int tid)
         e->exec = 1;
 }
 
-/* The logged execs (at most max), oldest first; the log is emptied. */
+/* The logged exec stops (at most max), oldest first, as tid, kind, fd triples;
+ * they leave the log. */
 static int sysemu_exec_log_take(int *out, int max)
 {
     int n = exec_logged < max ? exec_logged : max;
-    memcpy(out, exec_log, n * sizeof *out);
+    memcpy(out, exec_log, n * sizeof *exec_log);
     memmove(exec_log, exec_log + n, (exec_logged - n) * sizeof *exec_log);
     exec_logged -= n;
     return n;
@@ -149,8 +190,7 @@ static void sysemu_pid_unmap(int host)
     struct pid_entry *e = pid_slot(host, 0);
     if (e == NULL)
         return;
-    free(e->ready);
-    e->ready = NULL;
+    drop_ready(e);
     unsigned int i = e - pid_map, j = i;
     pid_map[i].host = 0;
     for (;;) {
@@ -217,7 +257,6 @@ static int stop_sigchld(int pid)
 
 #define RED_ZONE 128
 #define MAX_ARGV_C 4096 /* more arguments: Python's step 3 */
-#define LOG_FINISHED 1  /* exec_log: step 3 made (else: the exec event) */
 
 /* Step 3 of an exec, as exec.py _finish makes it: the re-issued call becomes
  * execveat(guestfd, "", argv', envp, AT_EMPTY_PATH), argv' and "" written
@@ -272,7 +311,7 @@ static int exec_finish(int pid, struct user_regs_struct *r, const struct exec_re
     r->rdi = x->guestfd, r->rsi = empty, r->rdx = argv_ptr, r->r10 = envp, r->r8 = AT_EMPTY_PATH;
     if (ptrace(PTRACE_SETREGS, pid, 0, r) < 0)
         return 0;
-    exec_log[exec_logged++] = pid * 2 + LOG_FINISHED;
+    exec_log[exec_logged++] = (struct exec_logged){pid, LOG_FINISHED, x->guestfd};
     return 1;
 }
 
@@ -284,8 +323,7 @@ static int stop_answer(int pid, int status)
         return 0;
     if (!WIFSTOPPED(status)) {
         e->pending = e->start = e->exec = 0; /* gone: Python hears of it */
-        free(e->ready);
-        e->ready = NULL;
+        drop_ready(e);
         return 0;
     }
     int sig = WSTOPSIG(status), event = status >> 16;
@@ -309,7 +347,7 @@ static int stop_answer(int pid, int status)
         if (ptrace(PTRACE_GETEVENTMSG, pid, 0, &former) < 0 || (int)former != pid)
             return 0; /* a thread that took over its leader's pid: Python's */
         sysemu_fast_forget(pid);
-        exec_log[exec_logged++] = pid * 2;
+        exec_log[exec_logged++] = (struct exec_logged){pid, LOG_EXECED, 0};
         ptrace(PTRACE_CONT, pid, 0, 0);
         stops_answered++;
         return 1;
@@ -317,15 +355,14 @@ static int stop_answer(int pid, int status)
     struct user_regs_struct regs;
     if (event == PTRACE_EVENT_SECCOMP && !e->pending) {
         struct exec_ready *x = e->ready;
-        e->ready = NULL;
         if (ptrace(PTRACE_GETREGS, pid, 0, &regs) < 0) {
-            free(x);
+            drop_ready(e);
             return 0;
         }
         if (x != NULL) {
             uint64_t key[6] = {regs.orig_rax, regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8};
-            int done = !memcmp(key, x->key, sizeof key) && exec_finish(pid, &regs, x);
-            free(x);
+            int done = x->guestfd >= 0 && !memcmp(key, x->key, sizeof key) && exec_finish(pid, &regs, x);
+            drop_ready(e);
             if (!done)
                 return 0;
             if (stops_mask & STOP_EXEC)

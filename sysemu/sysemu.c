@@ -89,7 +89,7 @@ static int sysemu_wait(int notify_fd, int sig_fd, struct sysemu_event *ev)
             struct seccomp_notif req;
             memset(&req, 0, sizeof req); /* the kernel refuses a dirty buffer */
             if (ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_RECV, &req) == 0) {
-                if (fast_answer(notify_fd, &req))
+                if (fast_answer(notify_fd, &req) || stop_notify(notify_fd, &req))
                     continue;
                 ev->kind = 1;
                 ev->pid = req.pid;

@@ -56,6 +56,8 @@ KEEPS_DIRS = frozenset("""
 AT_REMOVEDIR = 0x200
 STOP_SET_TID_ADDRESS, STOP_WAIT4, STOP_SIGCHLD, STOP_EXIT_FIX, STOP_START, STOP_EXEC = 1, 2, 4, 8, 16, 32  # stops.c
 STOP_EXEC_FINISH = 64
+EXEC_EVENT, EXEC_FINISHED, EXEC_INSTALLED = 0, 1, 2  # stops.c's exec log
+EXEC_LOG = 256
 
 
 def _cwd(proc) -> bytes:
@@ -76,7 +78,7 @@ class FastPath:
         lib.sysemu_stops_enable(self.stops)
         kernel.procs.ns.mirror = self
         self.execs_logged = lib.sysemu_exec_logged
-        self._exec_buf = ffi.new("int[256]")
+        self._exec_buf = ffi.new("int[]", 3 * EXEC_LOG)
 
     # ---- ptrace stops answered in C (sysemu/stops.c) ------------------------------------
 
@@ -104,7 +106,8 @@ class FastPath:
         if stock("on_exec", "exec_done"):
             mask |= STOP_EXEC
         if all(k.table.by_name[n].handler is h for n, h in (("execve", exec_calls.sys_execve),
-                                                           ("execveat", exec_calls.sys_execveat))):
+                                                           ("execveat", exec_calls.sys_execveat),
+                                                           ("umlrun_exec_fd", exec_calls.sys_exec_fd))):
             mask |= STOP_EXEC_FINISH
         return mask
 
@@ -138,15 +141,18 @@ class FastPath:
         if proc.at_exit is None and not proc.reexec:
             lib.sysemu_stops_exec(proc.tid)
 
-    def take_execs(self) -> list[tuple[int, bool]]:
-        """(tid, step 3 made, else its exec event resumed) for each exec stop C
-        took since the last call, in order."""
+    def take_execs(self) -> list[tuple[int, int, int]]:
+        """(tid, kind, fd) for each exec stop C took since the last call, in order:
+        EXEC_EVENT (its exec event resumed), EXEC_FINISHED (step 3 made),
+        EXEC_INSTALLED (step 2 made: the guest's fd, or -errno)."""
         buf = self._exec_buf
-        return [(v >> 1, bool(v & 1)) for v in buf[0:lib.sysemu_exec_log_take(buf, 256)]]
+        n = lib.sysemu_exec_log_take(buf, EXEC_LOG)
+        return [(buf[3 * i], buf[3 * i + 1], buf[3 * i + 2]) for i in range(n)]
 
-    def exec_ready(self, proc, key: tuple, guestfd: int, plan) -> None:
-        """Step 2 of an exec is done: C may make step 3 (umlrun/syscalls/exec.py).
-        plan: the new argv up to the guest's argv[1:] (None in it: its argv[0])."""
+    def exec_ready(self, proc, key: tuple, hostfd: int, plan) -> None:
+        """Step 1 of an exec is made: C may make steps 2 and 3
+        (umlrun/syscalls/exec.py) with its own copy of hostfd. plan: the new
+        argv up to the guest's argv[1:] (None in it: the guest's argv[0])."""
         if not self.stops & STOP_EXEC_FINISH:
             return
         literals = [a for a in plan if a is not None] if plan is not None else []
@@ -154,8 +160,10 @@ class FastPath:
             return
         blob = b"".join(a + b"\0" for a in literals)
         argv0_at = plan.index(None) if plan is not None and None in plan else -1
-        lib.sysemu_exec_ready(proc.tid, ffi.new("uint64_t[6]", [v & 0xFFFFFFFFFFFFFFFF for v in key]), guestfd,
-                              int(plan is not None), blob, len(blob), len(literals), argv0_at)
+        copy = os.dup(hostfd)
+        if not lib.sysemu_exec_ready(proc.tid, ffi.new("uint64_t[6]", [v & 0xFFFFFFFFFFFFFFFF for v in key]), copy,
+                                     int(plan is not None), blob, len(blob), len(literals), argv0_at):
+            os.close(copy)
 
     def hold_stops(self, held: bool) -> None:
         """Every stop to Python meanwhile (a lost fork event is being swept at each one)."""

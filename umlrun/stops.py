@@ -27,9 +27,10 @@ from sysemu.platform import (
     GuestFault,
 )
 from umlrun.call import GUEST_ERRORS, Call, restoring
+from umlrun.fastpath import EXEC_EVENT, EXEC_FINISHED
 from umlrun.process import Process, catches
 from umlrun.supervision import sweep_lost_forks, thread_flags
-from umlrun.syscalls.exec import finished_exec
+from umlrun.syscalls.exec import finished_exec, installed_exec
 from umlrun.syscalls.table import EMULATED
 
 _ERESTARTSYS, _ERESTARTNOINTR = 2**64 - 512, 2**64 - 513  # kernel-internal, as seen in rax
@@ -246,13 +247,16 @@ class PtraceStops:
 
     def execs_in_c(self) -> None:
         """The exec stops the C loop took since the last event, in order: an
-        exec's step 3 made (umlrun/syscalls/exec.py), an exec event resumed."""
-        for tid, finished in self.fast.take_execs():
+        exec's step 2 or 3 made (umlrun/syscalls/exec.py), an exec event resumed."""
+        for tid, kind, fd in self.fast.take_execs():
             proc = self.procs.get(tid)
-            if not finished:
+            if kind == EXEC_EVENT:
                 self.exec_done(tid, proc)
             elif proc is not None and proc.exec_pending is not None:
-                finished_exec(proc, proc.exec_pending)
+                if kind == EXEC_FINISHED:
+                    finished_exec(proc, proc.exec_pending)
+                else:
+                    installed_exec(proc, proc.exec_pending, fd)
 
     def exec_done(self, pid: int, proc: Process | None) -> None:
         """A task's exec succeeded (its event resumed here, or in the C loop)."""

@@ -249,6 +249,7 @@ def _exec(k, c: Call, nr: int, dirfd: int, path_arg: int, argv: int, envp: int, 
     path = c.k.platform.read_string(c.pid, path_arg) if (path_arg or not flags & AT_EMPTY_PATH) else b""
     fd, plan, program = prepare(k, c, dirfd, path, flags)
     proc.exec_pending = PreparedExec(key, fd, plan, program, _comm(fd, path or program))
+    k.fast.exec_ready(proc, key, fd, plan)  # steps 2 and 3 may be made in the C loop
     c.regs.orig_rax = EXEC_FD_NR
     c.regs.rip -= 2
     return None
@@ -276,8 +277,18 @@ def sys_exec_fd(k, c: Call):
         c.proc.exec_pending = None
         raise SysError(-fd)
     prep.guestfd = fd
-    k.fast.exec_ready(c.proc, prep.key, fd, prep.plan)  # step 3 may be made in the C loop
     return prep.key[0]
+
+
+def installed_exec(proc, prep: PreparedExec, fd: int) -> None:
+    """Step 2 was made in the C loop (sysemu/stops.c stop_notify): fd, or -errno."""
+    if prep.hostfd >= 0:
+        os.close(prep.hostfd)
+        prep.hostfd = -1
+    if fd < 0:
+        proc.exec_pending = None
+    else:
+        prep.guestfd = fd
 
 
 def register(t) -> None:
