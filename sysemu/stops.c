@@ -339,6 +339,14 @@ static int stop_answer(int pid, int status)
         stops_answered++;
         return 1;
     }
+    if (event == PTRACE_EVENT_SECCOMP) {
+        /* A record of steps 2 and 3, and a prepared exec event, are for the
+         * stop right after: any seccomp stop of the task ends them (a step 3
+         * made by Python sets the exec event's flag again). */
+        e->exec = 0;
+        if (!stops_mask || !e->live)
+            drop_ready(e);
+    }
     if (!stops_mask || !e->live)
         return 0;
     if (event == PTRACE_EVENT_EXEC && e->exec && exec_logged < EXEC_LOG_SIZE) {
