@@ -222,6 +222,16 @@ static unsigned long sysemu_stops_answered(void)
     return stops_answered;
 }
 
+/* A task has exec'd: C's path grant for it ends (until Python answers a call
+ * of the new program's), its ids stay (an exec keeps them: getpid and gettid
+ * are still answered in C). */
+static void sysemu_fast_execd(int tid)
+{
+    struct fast_task *t = task_slot(tid, 0);
+    if (t != NULL)
+        t->gen = 0;
+}
+
 /* The guest's name for a host pid, as ProcessTable.vpid: 0 when not a guest's. */
 static int guest_pid(int host)
 {
@@ -354,7 +364,7 @@ static int stop_answer(int pid, int status)
         e->exec = 0;
         if (ptrace(PTRACE_GETEVENTMSG, pid, 0, &former) < 0 || (int)former != pid)
             return 0; /* a thread that took over its leader's pid: Python's */
-        sysemu_fast_forget(pid);
+        sysemu_fast_execd(pid);
         exec_log[exec_logged++] = (struct exec_logged){pid, LOG_EXECED, 0};
         ptrace(PTRACE_CONT, pid, 0, 0);
         stops_answered++;

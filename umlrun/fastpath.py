@@ -199,6 +199,17 @@ class FastPath:
     def forget(self, tid: int) -> None:
         lib.sysemu_fast_forget(tid)
 
+    def new_task(self, proc) -> None:
+        """A task made at its parent's fork event: its ids (getpid and gettid
+        answered in C before Python answers any call of its own; no path grant)."""
+        if self.enabled:
+            procs = self.k.procs
+            lib.sysemu_fast_task(proc.tid, procs.vpid(proc.tid), procs.vpid(proc.tgid), 0, b"", 0)
+
+    def execd(self, tid: int) -> None:
+        """The task exec'd: its path grant ends; its ids (getpid, gettid) stay."""
+        lib.sysemu_fast_execd(tid)
+
     def remember(self, call, dirfd: int, path: bytes, follow: bool, d) -> None:
         """A stat, readlink or open of `path` walked to d: cache it, if it is plain.
 

@@ -186,6 +186,7 @@ class PtraceStops:
             if "dumpable" in proc.extra:
                 child.extra["dumpable"] = proc.extra["dumpable"]
             vpid = self.procs.vpid(child_tid)
+            self.fast.new_task(child)
             try:  # the parent's own mask: it may have forked while held on one CPU (sysemu.c hold_here)
                 os.sched_setaffinity(child_tid, os.sched_getaffinity(pid))
             except OSError:
@@ -260,7 +261,7 @@ class PtraceStops:
 
     def exec_done(self, pid: int, proc: Process | None) -> None:
         """A task's exec succeeded (its event resumed here, or in the C loop)."""
-        self.fast.forget(pid)
+        self.fast.execd(pid)
         if proc is not None:
             proc.exec_pending = proc.at_exit = None
             proc.extra.pop("dumpable", None)  # a new image is dumpable again (umlrun/syscalls/tasks.py)
