@@ -14,7 +14,7 @@
 #define PID_SLOTS 16384 /* a power of two, over the live tasks and the dead pids kept */
 
 enum { STOP_SET_TID_ADDRESS = 1, STOP_WAIT4 = 2, STOP_SIGCHLD = 4, STOP_EXIT_FIX = 8, STOP_START = 16, STOP_EXEC = 32,
-       STOP_EXEC_FINISH = 64 };
+       STOP_EXEC_FINISH = 64, STOP_IDS = 128 };
 #define EXEC_FD_NR 0x3FF0 /* umlrun/syscalls/exec.py: step 2's private call */
 
 struct pid_entry {
@@ -25,7 +25,9 @@ struct pid_entry {
     int start;   /* a new task whose parent's fork event Python handled: resume its first stop */
     uint64_t settid; /* ... writing its guest pid there first (CLONE_CHILD_SETTID) */
     int exec;    /* an exec Python prepared: its exec event is only bookkeeping (exec_log) */
-    struct exec_ready *ready; /* an exec past its step 2 (umlrun/syscalls/exec.py): C makes step 3 */
+    struct exec_ready *ready; /* an exec past its step 1 (umlrun/syscalls/exec.py): C makes steps 2, 3 */
+    uint64_t cred_gen;        /* the ids below hold while fast_gen is this (any revoke ends them) */
+    unsigned int ruid, euid, rgid, egid;
 };
 
 /* What steps 2 and 3 of an exec need (umlrun/syscalls/exec.py): the call as
@@ -95,6 +97,8 @@ static void sysemu_pid_live(int host, int live)
     if (e != NULL) {
         e->live = live;
         e->pending = e->start = e->exec = 0;
+        if (!live)
+            e->cred_gen = 0;
         drop_ready(e);
     }
 }
@@ -121,14 +125,47 @@ static int sysemu_exec_ready(int tid, const uint64_t *key, int hostfd, int plann
     return 1;
 }
 
+/* The guest credentials of a task, as Python keeps them, until the next revoke
+ * (every call that may change them revokes: umlrun/fastpath.py). */
+static void sysemu_task_ids(int tid, unsigned int ruid, unsigned int euid, unsigned int rgid, unsigned int egid)
+{
+    struct pid_entry *e = pid_slot(tid, 0);
+    if (e == NULL)
+        return;
+    e->ruid = ruid, e->euid = euid, e->rgid = rgid, e->egid = egid;
+    e->cred_gen = fast_gen;
+}
+
+/* getuid, geteuid, getgid, getegid from the ids Python handed over. */
+static int ids_answer(int notify_fd, const struct seccomp_notif *req, const struct pid_entry *e)
+{
+    if (!(stops_mask & STOP_IDS) || e->cred_gen != fast_gen)
+        return 0;
+    unsigned int id;
+    switch (req->data.nr) {
+    case SYS_getuid: id = e->ruid; break;
+    case SYS_geteuid: id = e->euid; break;
+    case SYS_getgid: id = e->rgid; break;
+    case SYS_getegid: id = e->egid; break;
+    default: return 0;
+    }
+    sysemu_respond(notify_fd, req->id, id, 0, 0);
+    fast_answered++;
+    return 1;
+}
+
 /* Step 2 (exec.py sys_exec_fd): install the program in the guest and answer
  * with the original call's number, which the guest re-issues. 1: answered. */
 static int stop_notify(int notify_fd, const struct seccomp_notif *req)
 {
-    if (req->data.nr != EXEC_FD_NR || req->data.arch != AUDIT_ARCH_X86_64 || exec_logged >= EXEC_LOG_SIZE)
+    if (req->data.arch != AUDIT_ARCH_X86_64)
         return 0;
     struct pid_entry *e = pid_slot(req->pid, 0);
-    if (e == NULL || !e->live || e->ready == NULL || e->ready->hostfd < 0)
+    if (e == NULL || !e->live)
+        return 0;
+    if (req->data.nr != EXEC_FD_NR)
+        return ids_answer(notify_fd, req, e);
+    if (exec_logged >= EXEC_LOG_SIZE || e->ready == NULL || e->ready->hostfd < 0)
         return 0;
     struct exec_ready *x = e->ready;
     int fd = sysemu_addfd(notify_fd, req->id, x->hostfd, O_CLOEXEC, 0, req->pid);

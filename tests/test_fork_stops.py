@@ -116,3 +116,19 @@ def test_dynamic_programs_and_scripts_get_their_argv():
     r = umlrun("run", "-r", root, "--", "sh", "-c", script, timeout=120)
     assert r.stdout.splitlines() == ["myname /proc/self/cmdline ", "['/tmp/s.py', 'x', 'y z']", "/tmp/t 2 a b",
                                      "['-c', 'a', 'b']", "end"], r.stderr
+
+
+def test_ids_after_a_change_of_credentials():
+    """getuid & co. answered in C follow a change of credentials (su), in the
+    process that changed them and in its children, and never leak back to root."""
+    import rootfs
+    root = rootfs.ensure("debian-dev")
+    script = ("useradd -u 1234 bob; id -u bob; id -g bob; echo --; "
+              "su bob -c 'id -u; id -g; sh -c \"id -u; id -g\"; python3 -c \"import os; print(os.geteuid(), os.getegid())\"'; "
+              "echo --; id -u; id -g")
+    r = umlrun("run", "-r", root, "--", "sh", "-c", script, timeout=120)
+    out = r.stdout.split("--\n")
+    assert len(out) == 3, (r.stdout, r.stderr)
+    uid, gid = out[0].split()
+    assert out[1].split() == [uid, gid] * 3, r.stdout
+    assert out[2].split() == ["0", "0"], r.stdout

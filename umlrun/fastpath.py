@@ -55,7 +55,7 @@ KEEPS_DIRS = frozenset("""
 """.split())
 AT_REMOVEDIR = 0x200
 STOP_SET_TID_ADDRESS, STOP_WAIT4, STOP_SIGCHLD, STOP_EXIT_FIX, STOP_START, STOP_EXEC = 1, 2, 4, 8, 16, 32  # stops.c
-STOP_EXEC_FINISH = 64
+STOP_EXEC_FINISH, STOP_IDS = 64, 128
 EXEC_EVENT, EXEC_FINISHED, EXEC_INSTALLED = 0, 1, 2  # stops.c's exec log
 EXEC_LOG = 256
 
@@ -109,6 +109,9 @@ class FastPath:
                                                            ("execveat", exec_calls.sys_execveat),
                                                            ("umlrun_exec_fd", exec_calls.sys_exec_fd))):
             mask |= STOP_EXEC_FINISH
+        if all(getattr(k.table.by_name[n].handler, "cred_field", None) == f
+               for n, f in (("getuid", "ruid"), ("geteuid", "euid"), ("getgid", "rgid"), ("getegid", "egid"))):
+            mask |= STOP_IDS
         return mask
 
     def pid_given(self, host: int, guest: int) -> None:
@@ -195,6 +198,12 @@ class FastPath:
         paths = proc.fs.root == () and proc.cred.fsuid == 0
         cwd = _cwd(proc)
         lib.sysemu_fast_task(proc.tid, procs.vpid(proc.tid), procs.vpid(proc.tgid), int(paths), cwd, len(cwd))
+        self.hand_ids(proc)
+
+    def hand_ids(self, proc) -> None:
+        """getuid & co. of this task answered in C until the next revoke."""
+        cred = proc.cred
+        lib.sysemu_task_ids(proc.tid, cred.ruid, cred.euid, cred.rgid, cred.egid)
 
     def forget(self, tid: int) -> None:
         lib.sysemu_fast_forget(tid)
@@ -205,6 +214,7 @@ class FastPath:
         if self.enabled:
             procs = self.k.procs
             lib.sysemu_fast_task(proc.tid, procs.vpid(proc.tid), procs.vpid(proc.tgid), 0, b"", 0)
+            self.hand_ids(proc)
 
     def execd(self, tid: int) -> None:
         """The task exec'd: its path grant ends; its ids (getpid, gettid) stay."""

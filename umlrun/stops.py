@@ -243,6 +243,7 @@ class PtraceStops:
             old = self.forget(former)
             if old is not None and proc is not None:
                 proc.cred = old.cred
+                self.fast.new_task(proc)  # C's ids of the leader's pid: the thread's now
         self.exec_done(pid, proc)
         self.resume(pid, proc)
 
