@@ -112,6 +112,8 @@ class FastPath:
         if all(getattr(k.table.by_name[n].handler, "cred_field", None) == f
                for n, f in (("getuid", "ruid"), ("geteuid", "euid"), ("getgid", "rgid"), ("getegid", "egid"))):
             mask |= STOP_IDS
+        if not stock("on_notify", "answer"):  # step 2 of an exec and the id getters are notifications
+            mask &= ~(STOP_IDS | STOP_EXEC_FINISH)
         return mask
 
     def pid_given(self, host: int, guest: int) -> None:
