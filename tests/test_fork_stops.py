@@ -15,12 +15,12 @@ from test_probes import lines, native
 
 
 @pytest.mark.parametrize("mode", ["fast", "trace-all"])
-def test_fork_exec_wait_as_in_a_fresh_pid_namespace(busybox_root, probe_dir, mode):
+def test_fork_exec_wait_as_in_a_fresh_pid_namespace(busybox_root, probe_dir, mode, tmp_path):
     """fork/clone/vfork results and SETTID words, the child's own pids, wait4 on
     -1, 0 and a pid, waitid, statuses (exit, kill, stop, continue), an EINTR'd
     wait4, ECHILD, SIGCHLD's si_pid/si_code/si_status/si_uid, a #! script,
     and a failed exec's errno (ENOENT, EACCES, ENOEXEC, ENOTDIR)."""
-    want = lines(native(probe_dir, "fork_stops", prefix=NEW_PID_NS))
+    want = lines(native(probe_dir, "fork_stops", tmp_path / "execs", prefix=NEW_PID_NS))
     assert want[0] == "self 1 tid 1 set_tid_address 1"
     assert lines(_jailed(busybox_root, probe_dir, "fork_stops", mode)) == want
 

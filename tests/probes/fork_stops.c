@@ -68,8 +68,11 @@ static void exec_case(const char *name, const char *path)
         printf("%s reaped=%d exit %d\n", name, w == c, WEXITSTATUS(status));
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    /* a directory of its own for the files it execs (natively, the test's temporary one) */
+    const char *dir = argc > 1 ? argv[1] : "/tmp/fork-stops";
+    char path[7][512];
     setvbuf(stdout, NULL, _IONBF, 0);
     struct sigaction sa = {0};
     sa.sa_sigaction = on_chld;
@@ -188,18 +191,21 @@ int main(void)
     printf("vfork+exec %d wait %d exit %d\n", c, w, WEXITSTATUS(status));
 
     /* exec: a #! script, and the errno of a failed one */
-    mkdir("/tmp/fork-stops", 0755);
-    write_file("/tmp/fork-stops/script", "#!/bin/sh\nexit $((12 + $#))\n", 0755);
-    write_file("/tmp/fork-stops/noexec", "#!/bin/sh\nexit 0\n", 0644);
-    write_file("/tmp/fork-stops/garbage", "this is no program\n", 0755);
-    write_file("/tmp/fork-stops/badinterp", "#!/nonexistent/interp\n", 0755);
-    exec_case("script", "/tmp/fork-stops/script");
-    exec_case("missing", "/tmp/fork-stops/missing");
-    exec_case("not-executable", "/tmp/fork-stops/noexec");
-    exec_case("garbage", "/tmp/fork-stops/garbage");
-    exec_case("bad-interpreter", "/tmp/fork-stops/badinterp");
-    exec_case("directory", "/tmp/fork-stops");
-    exec_case("not-a-directory", "/tmp/fork-stops/script/x");
+    const char *names[7] = {"script", "noexec", "garbage", "badinterp", "missing", "", "script/x"};
+    for (int i = 0; i < 7; i++)
+        snprintf(path[i], sizeof path[i], "%s/%s", dir, names[i]);
+    mkdir(dir, 0755);
+    write_file(path[0], "#!/bin/sh\nexit $((12 + $#))\n", 0755);
+    write_file(path[1], "#!/bin/sh\nexit 0\n", 0644);
+    write_file(path[2], "this is no program\n", 0755);
+    write_file(path[3], "#!/nonexistent/interp\n", 0755);
+    exec_case("script", path[0]);
+    exec_case("missing", path[4]);
+    exec_case("not-executable", path[1]);
+    exec_case("garbage", path[2]);
+    exec_case("bad-interpreter", path[3]);
+    exec_case("directory", path[5]);
+    exec_case("not-a-directory", path[6]);
 
     /* many short fork+exec in a row, as a shell's loop makes them */
     int ok = 0;
