@@ -1,15 +1,21 @@
 /* Ptrace stops answered in the C loop (compiled with sysemu.c; umlrun/stops.py
  * and umlrun/fastpath.py are the Python half).
  *
- * Each fork+exec makes the tracer stop several times for work that is only
- * a pid translated: set_tid_address (the caller's tid) and wait4 on any
- * child (the reaped child's pid) at their entry and exit, the parent's clone
- * at its exit (the child's pid), and the parent's SIGCHLD (si_pid, si_uid of
- * a dead child). Python stays the authority: it hands C the host -> guest pid
- * map as it changes (every pid it gives, live or still remembered dead), says
- * which tasks are live guest tasks, and which stops C may take at all (none
- * while tracing, nor for a call whose handler was replaced). Anything else,
- * and any doubt, goes to Python, which answers as it always does. */
+ * Each fork+exec makes the tracer stop a dozen times for work that is only
+ * mechanical: a pid translated (set_tid_address and wait4 on any child at
+ * their entry and exit, the parent's clone at its exit, a dead child's
+ * SIGCHLD), a new task's first stop resumed (its CLONE_CHILD_SETTID word
+ * written), steps 2 and 3 of an exec (umlrun/syscalls/exec.py) and its exec
+ * event; and each program asks for its ids (getuid & co.).
+ *
+ * Python stays the authority: it hands C the host -> guest pid map as it
+ * changes (every pid it gives, live or still remembered dead), says which
+ * tasks are live guest tasks, hands over a new task's first stop at its
+ * parent's fork event and an exec after its step 1, and says which stops C
+ * may take at all (none while tracing, nor for a call or stop whose Python
+ * handler was replaced). C logs the exec stops it took; Python applies their
+ * bookkeeping before its next event. Anything else, and any doubt, goes to
+ * Python, which answers as it always does. */
 
 #define PID_SLOTS 16384 /* a power of two, over the live tasks and the dead pids kept */
 
@@ -32,8 +38,9 @@ struct pid_entry {
 
 /* What steps 2 and 3 of an exec need (umlrun/syscalls/exec.py): the call as
  * the guest made it (nr and its first five arguments), the program's
- * descriptor (C's copy, then its number in the guest), and the new argv's plan: literal strings, with the guest's own
- * argv[0] at argv0_at (-1: none), then the guest's argv[1:]. */
+ * descriptor (C's copy, then its number in the guest), and the new argv's
+ * plan: literal strings, with the guest's own argv[0] at argv0_at (-1: none),
+ * then the guest's argv[1:]. */
 struct exec_ready {
     uint64_t key[6];
     int hostfd;    /* step 2's to install (C's own copy), -1 once installed */
@@ -87,6 +94,8 @@ static int sysemu_pid_map(int host, int guest)
     struct pid_entry *e = pid_slot(host, 1);
     if (e == NULL || host <= 0)
         return -ENOSPC;
+    if (e->host == host)
+        drop_ready(e);
     *e = (struct pid_entry){.host = host, .guest = guest};
     return 0;
 }
