@@ -127,6 +127,18 @@ class ProcFS:
             return lambda: (os.open(b"/proc/%d/exe" % proc.tgid, os.O_PATH | os.O_CLOEXEC), os.O_RDONLY)
         return None
 
+    def own_exe(self, caller) -> bytes | None:
+        """readlink("/proc/self/exe") without the walk (busybox makes it at every
+        start): what the walk would find, or None when the walk must decide (a
+        chroot, a guest that is not the fake root, /proc not this filesystem)."""
+        mounts, proc_dir = self.k.mounts, (b"proc",)
+        leader = self.k.procs.get(caller.tgid)
+        m = mounts.at(proc_dir)
+        if (leader is None or caller.fs.root != () or caller.cred.fsuid != 0 or m is None or m.fs is not self
+                or mounts.below(proc_dir)):
+            return None
+        return leader.extra.get("exe") or self._guest_link(b"/proc/%d/exe" % leader.tid)
+
     # ---- content ---------------------------------------------------------------
 
     def _path(self, *parts: bytes) -> bytes:

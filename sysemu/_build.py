@@ -46,6 +46,20 @@ int sysemu_fast_remember(const char *key, int keylen, int follow, const char *ho
                          uint64_t dev, uint64_t ino, long long uid, long long gid, int reg);
 void sysemu_fast_object(uint64_t dev, uint64_t ino, long long uid, long long gid);
 unsigned long sysemu_fast_answered(void);
+void sysemu_stops_enable(int mask);
+int sysemu_pid_map(int host, int guest);
+void sysemu_pid_live(int host, int live);
+void sysemu_pid_unmap(int host);
+int sysemu_stops_fix_exit(int tid);
+unsigned long sysemu_stops_answered(void);
+int sysemu_stops_start(int tid, uint64_t settid);
+void sysemu_stops_exec(int tid);
+int sysemu_exec_log_take(int *out, int max);
+int sysemu_exec_logged(void);
+void sysemu_fast_execd(int tid);
+void sysemu_task_ids(int tid, unsigned int ruid, unsigned int euid, unsigned int rgid, unsigned int egid);
+int sysemu_exec_ready(int tid, const uint64_t *key, int hostfd, int planned, const char *blob,
+                      int bloblen, int nlit, int argv0_at);
 long sysemu_syscall6(long nr, long a, long b, long c, long d, long e, long f);
 
 int sysemu_child_exec(const char *path, char *const argv[], char *const envp[],
@@ -58,7 +72,7 @@ ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "sysemu._sysemu",
     (HERE / "sysemu.c").read_text(),
-    depends=[str(HERE / "fastpath.c"), str(HERE / "sysemu.h"), str(HERE / "compat.h")],
+    depends=[str(HERE / "fastpath.c"), str(HERE / "stops.c"), str(HERE / "sysemu.h"), str(HERE / "compat.h")],
     include_dirs=[str(HERE)],
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
 )

@@ -31,11 +31,13 @@
 #include "compat.h"
 #include "sysemu.h"
 
+static long sysemu_read(int pid, uint64_t addr, void *buf, size_t len);
 static long sysemu_read_string(int pid, uint64_t addr, char *buf, size_t max);
 static long sysemu_write(int pid, uint64_t addr, const void *buf, size_t len);
 static int sysemu_respond(int notify_fd, uint64_t id, int64_t val, int error, uint32_t flags);
 static int sysemu_addfd(int notify_fd, uint64_t id, int srcfd, uint32_t newfd_flags, int send, int tid);
 #include "fastpath.c"
+#include "stops.c"
 
 /* ---- the event wait ------------------------------------------------------ */
 
@@ -62,6 +64,8 @@ static int sysemu_wait(int notify_fd, int sig_fd, struct sysemu_event *ev)
             int status;
             int pid = waitpid(-1, &status, __WALL | WNOHANG);
             if (pid > 0) {
+                if (stop_answer(pid, status))
+                    continue;
                 ev->kind = 2;
                 ev->pid = pid;
                 ev->status = status;
@@ -85,7 +89,7 @@ static int sysemu_wait(int notify_fd, int sig_fd, struct sysemu_event *ev)
             struct seccomp_notif req;
             memset(&req, 0, sizeof req); /* the kernel refuses a dirty buffer */
             if (ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_RECV, &req) == 0) {
-                if (fast_answer(notify_fd, &req))
+                if (fast_answer(notify_fd, &req) || stop_notify(notify_fd, &req))
                     continue;
                 ev->kind = 1;
                 ev->pid = req.pid;

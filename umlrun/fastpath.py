@@ -29,7 +29,7 @@ import os
 import stat
 
 from hostfs.overlay import OverlayFS
-from sysemu._sysemu import lib
+from sysemu._sysemu import ffi, lib
 
 O_WRITES = os.O_ACCMODE | os.O_CREAT | os.O_TRUNC | 0o20000000  # ... | __O_TMPFILE
 AT_FDCWD = -100
@@ -54,6 +54,10 @@ KEEPS_DIRS = frozenset("""
     unlink
 """.split())
 AT_REMOVEDIR = 0x200
+STOP_SET_TID_ADDRESS, STOP_WAIT4, STOP_SIGCHLD, STOP_EXIT_FIX, STOP_START, STOP_EXEC = 1, 2, 4, 8, 16, 32  # stops.c
+STOP_EXEC_FINISH, STOP_IDS = 64, 128
+EXEC_EVENT, EXEC_FINISHED, EXEC_INSTALLED = 0, 1, 2  # stops.c's exec log
+EXEC_LOG = 256
 
 
 def _cwd(proc) -> bytes:
@@ -70,6 +74,109 @@ class FastPath:
         self.copy_ups = OverlayFS.copy_ups
         lib.sysemu_fast_enable(int(self.enabled), own_u[0], own_u[-1], own_g[0], own_g[-1])
         lib.sysemu_fast_own_range(*getattr(kernel.own_uids, "range", (0, 0, 0xFFFFFFFF)))
+        self.stops = self._stops_mask() if self.enabled else 0
+        lib.sysemu_stops_enable(self.stops)
+        kernel.procs.ns.mirror = self
+        self.execs_logged = lib.sysemu_exec_logged
+        self._exec_buf = ffi.new("int[]", 3 * EXEC_LOG)
+
+    # ---- ptrace stops answered in C (sysemu/stops.c) ------------------------------------
+
+    def _stops_mask(self) -> int:
+        """The stops C may take: only those whose Python handlers are the stock
+        ones (a handler replaced, for teaching or a test, gets every call)."""
+        from umlrun.kernel import Kernel
+        from umlrun.syscalls import exec as exec_calls
+        from umlrun.syscalls import pids
+        k = self.k
+
+        def stock(*names) -> bool:
+            return all(getattr(getattr(k, n), "__func__", None) is getattr(Kernel, n) for n in names)
+        if not stock("on_wait", "on_seccomp_stop", "on_syscall_stop"):
+            return 0
+        mask = STOP_EXIT_FIX
+        if k.table.by_name["set_tid_address"].handler is pids.sys_set_tid_address:
+            mask |= STOP_SET_TID_ADDRESS
+        if k.table.by_name["wait4"].handler is pids.sys_wait4:
+            mask |= STOP_WAIT4
+        if stock("on_signal_stop", "screen_signal", "guest_uid"):
+            mask |= STOP_SIGCHLD
+        if stock("on_event_stop", "start_task"):
+            mask |= STOP_START
+        if stock("on_exec", "exec_done"):
+            mask |= STOP_EXEC
+        if all(k.table.by_name[n].handler is h for n, h in (("execve", exec_calls.sys_execve),
+                                                           ("execveat", exec_calls.sys_execveat),
+                                                           ("umlrun_exec_fd", exec_calls.sys_exec_fd))):
+            mask |= STOP_EXEC_FINISH
+        if all(getattr(k.table.by_name[n].handler, "cred_field", None) == f
+               for n, f in (("getuid", "ruid"), ("geteuid", "euid"), ("getgid", "rgid"), ("getegid", "egid"))):
+            mask |= STOP_IDS
+        if not stock("on_notify", "answer"):  # step 2 of an exec and the id getters are notifications
+            mask &= ~(STOP_IDS | STOP_EXEC_FINISH)
+        return mask
+
+    def pid_given(self, host: int, guest: int) -> None:
+        if lib.sysemu_pid_map(host, guest) < 0:  # C's map is full: it can no longer translate
+            self.stops = 0
+            lib.sysemu_stops_enable(0)
+
+    def pid_forgotten(self, host: int) -> None:
+        lib.sysemu_pid_unmap(host)
+
+    def task_started(self, tid: int) -> None:
+        """A live guest task, resumed from its first stop: C may take its stops."""
+        lib.sysemu_pid_live(tid, 1)
+
+    def task_ended(self, tid: int) -> None:
+        lib.sysemu_pid_live(tid, 0)
+
+    def fix_exit(self, tid: int) -> bool:
+        """C translates the result of this task's next syscall exit (a host pid)."""
+        return bool(lib.sysemu_stops_fix_exit(tid))
+
+    def start_in_c(self, tid: int, settid: int) -> bool:
+        """A new task, made a guest task at its parent's fork event, before its
+        first stop: C resumes that stop (writing its guest pid at settid, if any)."""
+        return bool(lib.sysemu_stops_start(tid, settid))
+
+    def exec_prepared(self, proc) -> None:
+        """The exec this task is making was prepared here: C may resume its exec
+        event, and Python does the bookkeeping later (take_execs)."""
+        if proc.at_exit is None and not proc.reexec:
+            lib.sysemu_stops_exec(proc.tid)
+
+    def take_execs(self) -> list[tuple[int, int, int]]:
+        """(tid, kind, fd) for each exec stop C took since the last call, in order:
+        EXEC_EVENT (its exec event resumed), EXEC_FINISHED (step 3 made),
+        EXEC_INSTALLED (step 2 made: the guest's fd, or -errno)."""
+        buf = self._exec_buf
+        n = lib.sysemu_exec_log_take(buf, EXEC_LOG)
+        return [(buf[3 * i], buf[3 * i + 1], buf[3 * i + 2]) for i in range(n)]
+
+    def exec_ready(self, proc, key: tuple, hostfd: int, plan) -> None:
+        """Step 1 of an exec is made: C may make steps 2 and 3
+        (umlrun/syscalls/exec.py) with its own copy of hostfd. plan: the new
+        argv up to the guest's argv[1:] (None in it: the guest's argv[0])."""
+        if not self.stops & STOP_EXEC_FINISH:
+            return
+        literals = [a for a in plan if a is not None] if plan is not None else []
+        if any(b"\0" in a for a in literals) or (plan is not None and plan.count(None) > 1):
+            return
+        blob = b"".join(a + b"\0" for a in literals)
+        argv0_at = plan.index(None) if plan is not None and None in plan else -1
+        copy = os.dup(hostfd)
+        if not lib.sysemu_exec_ready(proc.tid, ffi.new("uint64_t[6]", [v & 0xFFFFFFFFFFFFFFFF for v in key]), copy,
+                                     int(plan is not None), blob, len(blob), len(literals), argv0_at):
+            os.close(copy)
+
+    def hold_stops(self, held: bool) -> None:
+        """Every stop to Python meanwhile (a lost fork event is being swept at each one)."""
+        lib.sysemu_stops_enable(0 if held else self.stops)
+
+    @staticmethod
+    def stops_answered() -> int:
+        return lib.sysemu_stops_answered()
 
     # ---- after each call Python answered ----------------------------------------------
 
@@ -93,9 +200,27 @@ class FastPath:
         paths = proc.fs.root == () and proc.cred.fsuid == 0
         cwd = _cwd(proc)
         lib.sysemu_fast_task(proc.tid, procs.vpid(proc.tid), procs.vpid(proc.tgid), int(paths), cwd, len(cwd))
+        self.hand_ids(proc)
+
+    def hand_ids(self, proc) -> None:
+        """getuid & co. of this task answered in C until the next revoke."""
+        cred = proc.cred
+        lib.sysemu_task_ids(proc.tid, cred.ruid, cred.euid, cred.rgid, cred.egid)
 
     def forget(self, tid: int) -> None:
         lib.sysemu_fast_forget(tid)
+
+    def new_task(self, proc) -> None:
+        """A task made at its parent's fork event: its ids (getpid and gettid
+        answered in C before Python answers any call of its own; no path grant)."""
+        if self.enabled:
+            procs = self.k.procs
+            lib.sysemu_fast_task(proc.tid, procs.vpid(proc.tid), procs.vpid(proc.tgid), 0, b"", 0)
+            self.hand_ids(proc)
+
+    def execd(self, tid: int) -> None:
+        """The task exec'd: its path grant ends; its ids (getpid, gettid) stay."""
+        lib.sysemu_fast_execd(tid)
 
     def remember(self, call, dirfd: int, path: bytes, follow: bool, d) -> None:
         """A stat, readlink or open of `path` walked to d: cache it, if it is plain.

@@ -94,14 +94,18 @@ class Kernel(PtraceStops):
         pid = self.platform.spawn(path, argv, envp, cwd=scratch_dir, drop_uid=uid, drop_gid=gid,
                                   tty_fd=tty_fd)
         self.procs.add_init(pid, Cred(), cwd)
+        self.fast.task_started(pid)
 
     def run(self) -> int:
         """Serve traps until the guest's first process exits; returns its exit code (128+N for a signal)."""
         wait, on_notify, on_wait = self.platform.wait, self.on_notify, self.on_wait
+        execs_logged = self.fast.execs_logged
         while self.exit_status is None:
             ev = wait()
             if ev is None:
                 break
+            if execs_logged():  # exec stops the C loop took: their bookkeeping comes first
+                self.execs_in_c()
             # Nothing a guest does may end this loop: a handler's bug costs that
             # one call an errno, a stop that cannot be handled its task.
             if ev[0] == NOTIFY:
@@ -201,6 +205,7 @@ class Kernel(PtraceStops):
     def forget(self, tid: int) -> Process | None:
         """A task is gone."""
         self.fast.forget(tid)
+        self.fast.task_ended(tid)
         return self.procs.remove(tid)
 
     def report_bug(self, what: str, outcome: str = "the guest got EIO", trace: bool = True) -> None:

@@ -123,6 +123,7 @@ class PidNamespace:
         self.host_of: dict[int, int] = {}
         self.last = 0
         self.dead: list[int] = []
+        self.mirror = None  # told of every pid given and forgotten (umlrun/fastpath.py: the C loop's copy)
 
     def add(self, host: int) -> int:
         old = self.guest_of.get(host)
@@ -130,6 +131,8 @@ class PidNamespace:
             del self.host_of[old]
         self.last += 1
         self.guest_of[host], self.host_of[self.last] = self.last, host
+        if self.mirror is not None:
+            self.mirror.pid_given(host, self.last)
         return self.last
 
     def died(self, host: int, live_tgids) -> None:
@@ -152,6 +155,8 @@ class PidNamespace:
                 self.dead.append(h)
             elif h in self.guest_of:
                 del self.host_of[self.guest_of.pop(h)]
+                if self.mirror is not None:
+                    self.mirror.pid_forgotten(h)
 
 
 class ProcessTable:

@@ -27,8 +27,10 @@ from sysemu.platform import (
     GuestFault,
 )
 from umlrun.call import GUEST_ERRORS, Call, restoring
+from umlrun.fastpath import EXEC_EVENT, EXEC_FINISHED
 from umlrun.process import Process, catches
 from umlrun.supervision import sweep_lost_forks, thread_flags
+from umlrun.syscalls.exec import finished_exec, installed_exec
 from umlrun.syscalls.table import EMULATED
 
 _ERESTARTSYS, _ERESTARTNOINTR = 2**64 - 512, 2**64 - 513  # kernel-internal, as seen in rax
@@ -53,6 +55,7 @@ class PtraceStops:
     def on_wait(self, pid: int, status: int) -> None:
         if self.lost_forks:
             sweep_lost_forks(self)
+            self.fast.hold_stops(bool(self.lost_forks))  # swept at every stop meanwhile, C's too
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             self.forget(pid)
             if self.procs.init is not None and pid == self.procs.init.tid:
@@ -162,6 +165,7 @@ class PtraceStops:
         if child_tid <= 0:  # the parent was killed in this stop (another thread's exit_group)
             if proc is not None:
                 self.lost_forks.append((proc.tgid, time.monotonic()))
+                self.fast.hold_stops(True)
                 sweep_lost_forks(self)
             return
         if proc is not None:
@@ -182,6 +186,7 @@ class PtraceStops:
             if "dumpable" in proc.extra:
                 child.extra["dumpable"] = proc.extra["dumpable"]
             vpid = self.procs.vpid(child_tid)
+            self.fast.new_task(child)
             try:  # the parent's own mask: it may have forked while held on one CPU (sysemu.c hold_here)
                 os.sched_setaffinity(child_tid, os.sched_getaffinity(pid))
             except OSError:
@@ -196,15 +201,24 @@ class PtraceStops:
                     regs.rax = vpid
                 if then is not None:  # the registers a handler rewrote (CLONE_UNTRACED)
                     then(regs)
-            proc.at_exit = result
+            # Only the child's pid to put in the result: the C loop does it (sysemu/stops.c).
+            in_c = proc.at_exit is None and not proc.reexec and self.fast.fix_exit(pid)
+            if not in_c:
+                proc.at_exit = result
             if child.pending_stop:
                 child.pending_stop = False
                 self.start_task(child_tid, child)
+            elif "restore_rdi" not in child.extra and self.fast.start_in_c(child_tid, child.settid):
+                child.started, child.settid = True, 0  # its first stop is the C loop's (sysemu/stops.c)
+            if in_c:
+                self.platform.resume(pid, 0, PTRACE_SYSCALL)
+                return
         self.resume(pid, proc)
 
     def start_task(self, tid: int, proc: Process) -> None:
         """A new task's first stop, its parent's fork event seen: let it run."""
         proc.started = True
+        self.fast.task_started(tid)
         if "restore_rdi" in proc.extra:  # the guest's own clone flags (CLONE_UNTRACED cleared for the call)
             try:
                 regs = self.platform.getregs(tid)
@@ -229,13 +243,31 @@ class PtraceStops:
             old = self.forget(former)
             if old is not None and proc is not None:
                 proc.cred = old.cred
-        self.fast.forget(pid)
+                self.fast.new_task(proc)  # C's ids of the leader's pid: the thread's now
+        self.exec_done(pid, proc)
+        self.resume(pid, proc)
+
+    def execs_in_c(self) -> None:
+        """The exec stops the C loop took since the last event, in order: an
+        exec's step 2 or 3 made (umlrun/syscalls/exec.py), an exec event resumed."""
+        for tid, kind, fd in self.fast.take_execs():
+            proc = self.procs.get(tid)
+            if kind == EXEC_EVENT:
+                self.exec_done(tid, proc)
+            elif proc is not None and proc.exec_pending is not None:
+                if kind == EXEC_FINISHED:
+                    finished_exec(proc, proc.exec_pending)
+                else:
+                    installed_exec(proc, proc.exec_pending, fd)
+
+    def exec_done(self, pid: int, proc: Process | None) -> None:
+        """A task's exec succeeded (its event resumed here, or in the C loop)."""
+        self.fast.execd(pid)
         if proc is not None:
             proc.exec_pending = proc.at_exit = None
             proc.extra.pop("dumpable", None)  # a new image is dumpable again (umlrun/syscalls/tasks.py)
             proc.extra["exe"] = proc.extra.pop("next_exe", None)
             proc.extra["comm"] = proc.extra.pop("next_comm", None)
-        self.resume(pid, proc)
 
     def on_seccomp_stop(self, pid: int, proc: Process | None) -> None:
         platform = self.platform

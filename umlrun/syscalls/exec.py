@@ -221,11 +221,17 @@ def _finish(k, c: Call, prep: PreparedExec, argv_addr: int, envp_addr: int) -> N
     else:
         empty = sp - 16
         c.write(empty, b"\0")
-    # /proc/PID/exe must name the program, not the loader that runs it.
-    c.proc.extra["next_exe"] = prep.program if prep.plan is not None else None
-    c.proc.extra["next_comm"] = prep.comm
+    finished_exec(c.proc, prep)
     r.orig_rax = NR_EXECVEAT
     r.rdi, r.rsi, r.rdx, r.r10, r.r8 = prep.guestfd, empty, argv_ptr, envp_addr, AT_EMPTY_PATH
+
+
+def finished_exec(proc, prep: PreparedExec) -> None:
+    """Step 3 is made (here, or in the C loop: sysemu/stops.c exec_finish)."""
+    proc.exec_pending = None
+    # /proc/PID/exe must name the program, not the loader that runs it.
+    proc.extra["next_exe"] = prep.program if prep.plan is not None else None
+    proc.extra["next_comm"] = prep.comm
 
 
 def _exec(k, c: Call, nr: int, dirfd: int, path_arg: int, argv: int, envp: int, flags: int):
@@ -235,6 +241,7 @@ def _exec(k, c: Call, nr: int, dirfd: int, path_arg: int, argv: int, envp: int, 
     if prep is not None and prep.key == key and prep.guestfd >= 0:
         proc.exec_pending = None
         _finish(k, c, prep, argv, envp)
+        k.fast.exec_prepared(proc)
         return None
     if prep is not None and prep.hostfd >= 0:
         os.close(prep.hostfd)
@@ -242,6 +249,7 @@ def _exec(k, c: Call, nr: int, dirfd: int, path_arg: int, argv: int, envp: int, 
     path = c.k.platform.read_string(c.pid, path_arg) if (path_arg or not flags & AT_EMPTY_PATH) else b""
     fd, plan, program = prepare(k, c, dirfd, path, flags)
     proc.exec_pending = PreparedExec(key, fd, plan, program, _comm(fd, path or program))
+    k.fast.exec_ready(proc, key, fd, plan)  # steps 2 and 3 may be made in the C loop
     c.regs.orig_rax = EXEC_FD_NR
     c.regs.rip -= 2
     return None
@@ -270,6 +278,17 @@ def sys_exec_fd(k, c: Call):
         raise SysError(-fd)
     prep.guestfd = fd
     return prep.key[0]
+
+
+def installed_exec(proc, prep: PreparedExec, fd: int) -> None:
+    """Step 2 was made in the C loop (sysemu/stops.c stop_notify): fd, or -errno."""
+    if prep.hostfd >= 0:
+        os.close(prep.hostfd)
+        prep.hostfd = -1
+    if fd < 0:
+        proc.exec_pending = None
+    else:
+        prep.guestfd = fd
 
 
 def register(t) -> None:

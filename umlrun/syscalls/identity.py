@@ -136,7 +136,10 @@ def sys_capset(k, c: Call):
 
 def register(t) -> None:
     def getter(field):
-        return lambda k, c: getattr(c.proc.cred, field)
+        def get(k, c):
+            return getattr(c.proc.cred, field)
+        get.cred_field = field  # the C loop may answer it while this is the handler (umlrun/fastpath.py)
+        return get
 
     for name, field in (("getuid", "ruid"), ("geteuid", "euid"), ("getgid", "rgid"), ("getegid", "egid")):
         t.emulate(name, getter(field), note="guest credentials")
