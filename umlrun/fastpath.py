@@ -11,7 +11,10 @@ them. The facts:
     call Python answers for it that changes nothing;
   - a path's host file and the owner the guest sees: remembered after a stat,
     a readlink or a read-only open of it walked to an ordinary object;
-  - an object's owner as the guest sees it (for fstat), by (dev, ino).
+  - an object's owner as the guest sees it (for fstat), by (dev, ino);
+  - a path whose walk stopped at a name absent from a host directory (both
+    layers' in an overlay, or hidden by a whiteout): ENOENT while C finds
+    the directory the same and the name still absent on the host.
 Every call not in PURE_CALLS or KEEPS_DIRS revokes all grants and both
 caches (this one and the guest VFS's directory handles) when it has run:
 renames, unlinks, chdirs, set*id, xattrs... A new handler is therefore safe
@@ -21,14 +24,17 @@ whiteout was never cached); what creating may change, a copy-up in an
 overlay, revokes everything too. A change of attributes (chmod, chown,
 times) or the unlink of a file leaves every directory where it is: it
 revokes C's facts (an owner may have changed; a removed file fails C's
-check anyway) but keeps the directory handles.
+check anyway) but keeps the directory handles. Creating a name does change
+one answer, an absent name's: every creation (CREATES, an open that may
+create) revokes the absent names, C's check on the host being the second
+guard (it also sees names made from outside the jail).
 """
 from __future__ import annotations
 
 import os
 import stat
 
-from hostfs.overlay import OverlayFS
+from hostfs.overlay import OverlayFS, is_whiteout
 from sysemu._sysemu import lib
 
 O_WRITES = os.O_ACCMODE | os.O_CREAT | os.O_TRUNC | 0o20000000  # ... | __O_TMPFILE
@@ -54,6 +60,9 @@ KEEPS_DIRS = frozenset("""
     unlink
 """.split())
 AT_REMOVEDIR = 0x200
+# The pure calls that may make a name (the others that do are not pure).
+CREATES = frozenset("creat openat2 mkdir mkdirat mknod mknodat symlink symlinkat link linkat".split())
+OPEN_FLAGS_ARG = {"open": 1, "openat": 2}
 
 
 def _cwd(proc) -> bytes:
@@ -85,12 +94,17 @@ class FastPath:
             lib.sysemu_fast_revoke()
         elif keeps_dirs or vfs.trim():
             lib.sysemu_fast_revoke()
-        elif self.enabled and call.proc.known:
-            self.grant(call.proc)
+        else:
+            if name in CREATES or (name in OPEN_FLAGS_ARG and call.args[OPEN_FLAGS_ARG[name]] & os.O_CREAT):
+                lib.sysemu_fast_created()
+            if self.enabled and call.proc.known:
+                self.grant(call.proc)
 
     def grant(self, proc) -> None:
         procs = self.k.procs
-        paths = proc.fs.root == () and proc.cred.fsuid == 0
+        cred = proc.cred
+        # 1: the path cache; 2: access() too (it checks with the real or the effective uid)
+        paths = (proc.fs.root == () and cred.fsuid == 0) | (cred.ruid == cred.euid == 0) << 1
         cwd = _cwd(proc)
         lib.sysemu_fast_task(proc.tid, procs.vpid(proc.tid), procs.vpid(proc.tgid), int(paths), cwd, len(cwd))
 
@@ -124,6 +138,44 @@ class FastPath:
         host = parent.rstrip(b"/") + b"/" + d.name
         lib.sysemu_fast_remember(key, len(key), int(follow), host, st.st_dev, st.st_ino, *owner,
                                  int(stat.S_ISREG(st.st_mode)))
+
+    def remember_absent(self, call, dirfd: int, path: bytes, follow: bool, absent) -> None:
+        """A walk of `path` met a name absent from a host directory (absent: the
+        directory's handle, the name): C may answer ENOENT for it (rules as remember's)."""
+        proc = call.proc
+        if (not self.enabled or proc.fs.root != () or proc.cred.fsuid != 0 or not path
+                or (dirfd != AT_FDCWD and not path.startswith(b"/"))):
+            return
+        h, name = absent
+        whiteout = (0, 0)
+        try:
+            if isinstance(h, int):
+                places = [h]
+            elif h.upper is None:
+                places = [h.lower]
+            else:
+                places = [h.upper]
+                try:
+                    st = os.stat(name, dir_fd=h.upper, follow_symlinks=False)
+                    if not is_whiteout(h.upper, name, st):
+                        return  # made since the walk (from outside the jail)
+                    whiteout = st.st_dev, st.st_ino
+                except FileNotFoundError:
+                    if h.lower is not None:
+                        places.append(h.lower)
+            dirs = []
+            for fd in places:
+                host = os.readlink(b"/proc/self/fd/%d" % fd)
+                if not host.startswith(b"/") or host.endswith(b" (deleted)"):
+                    return
+                st = os.fstat(fd)
+                dirs.append((host, st.st_dev, st.st_ino))
+        except OSError:
+            return
+        if len(dirs) == 1:
+            dirs.append((b"", 0, 0))
+        key = path if path.startswith(b"/") else _cwd(proc) + b"/" + path  # as sysemu/fastpath.c joins it
+        lib.sysemu_fast_absent(key, len(key), int(follow), name, *dirs[0], *whiteout, *dirs[1])
 
     def remember_object(self, dev: int, ino: int, mount, upper: bool):
         """fstat of a descriptor of this object may be answered in C. Returns the
