@@ -19,8 +19,7 @@
  * Every use re-checks (dev, ino) on the host, so a file replaced or moved
  * from outside the jail falls back to Python; an absent name is re-checked
  * the same way (its directory's (dev, ino), the name still absent), so a name
- * made from outside is seen at once. Creating a name revokes every absent one
- * (sysemu_fast_created()). Any call that could change what
+ * made since, in the jail or from outside, is seen at once. Any call that could change what
  * a walk finds (a rename, a chmod, a chdir, a set*id...) revokes every grant
  * and the whole path cache: revoke() is one increment of a generation.
  */
@@ -61,7 +60,7 @@ struct fast_object {
  * Inside an overlay, two places: the upper directory (where the name is
  * absent, or the whiteout (wdev, wino) hides it) and the lower one. */
 struct fast_absent {
-    uint64_t gen;     /* valid while == absent_gen */
+    uint64_t gen;
     char *key;
     int keylen;
     int follow;       /* keyed as a fast_path is: a final symlink followed or not */
@@ -78,8 +77,6 @@ static struct fast_task fast_tasks[FAST_TASK_SLOTS];
 static struct fast_object fast_objects[FAST_OBJECT_SLOTS];
 static struct fast_path fast_paths[FAST_PATH_SLOTS];
 static uint64_t fast_gen = 1;
-/* Absent names are revoked with everything (revoke) and by any creation (created). */
-static uint64_t absent_gen = 1;
 static struct fast_absent fast_absents[FAST_ABSENT_SLOTS];
 static int fast_enabled;
 static unsigned int own_uid[2], own_gid[2];
@@ -179,13 +176,6 @@ static void sysemu_fast_forget(int tid)
 static void sysemu_fast_revoke(void)
 {
     fast_gen++;
-    absent_gen++;
-}
-
-/* A name may have been made: no absent name holds any more. */
-static void sysemu_fast_created(void)
-{
-    absent_gen++;
 }
 
 static void absent_free(struct fast_absent *e)
@@ -236,7 +226,7 @@ static int sysemu_fast_absent(const char *key, int keylen, int follow, const cha
     e->follow = follow;
     e->at[0].dev = dev0, e->at[0].ino = ino0, e->at[1].dev = dev1, e->at[1].ino = ino1;
     e->wdev = wdev, e->wino = wino;
-    e->gen = absent_gen;
+    e->gen = fast_gen;
     return 0;
 }
 
@@ -322,7 +312,7 @@ static int known_absent(const char *key, int keylen, int follow)
     if (keylen < 0)
         return 0;
     const struct fast_absent *e = &fast_absents[fast_hash(key, keylen, follow) & (FAST_ABSENT_SLOTS - 1)];
-    if (e->gen != absent_gen || e->keylen != keylen || e->follow != follow || memcmp(e->key, key, keylen))
+    if (e->gen != fast_gen || e->keylen != keylen || e->follow != follow || memcmp(e->key, key, keylen))
         return 0;
     for (int i = 0; i < e->places; i++) {
         struct stat st;

@@ -21,13 +21,24 @@ renames, unlinks, chdirs, set*id, xattrs... A new handler is therefore safe
 by default. Creating a name (open's O_CREAT, mkdir, symlink, link, mknod) is
 pure: it never changes what an existing name resolves to (a name hidden by a
 whiteout was never cached); what creating may change, a copy-up in an
-overlay, revokes everything too. A change of attributes (chmod, chown,
-times) or the unlink of a file leaves every directory where it is: it
-revokes C's facts (an owner may have changed; a removed file fails C's
-check anyway) but keeps the directory handles. Creating a name does change
-one answer, an absent name's: every creation (CREATES, an open that may
-create) revokes the absent names, C's check on the host being the second
-guard (it also sees names made from outside the jail).
+overlay, revokes everything too. A change of attributes (chmod, chown)
+leaves every directory where it is: it revokes C's facts (an owner may have
+changed) but keeps the directory handles. Changing times is pure (C answers
+them from the host's stat). So is unlinking a file that is not a symlink,
+when no whiteout is left and no owner the store keeps goes (do_unlink says
+what it removes, unlinking()): C's facts on that file then fail their host
+check, and no path walked through it; any other unlink revokes C's facts.
+Any change to an ownership store revokes them too (a new file that gets an
+owner of its own may reuse a removed file's inode).
+
+Creating a name does change one answer, an absent name's. C checks the
+host at each use: the very directory the walk met the name absent from (in
+an overlay, each layer's), and the name still absent there. Every creation
+(by the guest, by another jail, from outside) puts the name in such a
+directory, except the two an overlay makes elsewhere, which revoke
+everything: a new upper directory (a copy-up), a whiteout removed (a name
+made over it). So creating stays pure, and absent names survive the
+creations a build makes all the time (its temporary and output files).
 """
 from __future__ import annotations
 
@@ -35,6 +46,7 @@ import os
 import stat
 
 from hostfs.overlay import OverlayFS, is_whiteout
+from hostfs.ownership import OwnershipStore
 from sysemu._sysemu import lib
 
 O_WRITES = os.O_ACCMODE | os.O_CREAT | os.O_TRUNC | 0o20000000  # ... | __O_TMPFILE
@@ -50,19 +62,20 @@ PURE_CALLS = frozenset("""
     getpriority setpriority ioprio_get ioprio_set prlimit64 get_robust_list move_pages
     sched_setparam sched_getparam sched_setscheduler sched_getscheduler sched_rr_get_interval
     sched_setaffinity sched_getaffinity sched_setattr sched_getattr process_vm_readv process_vm_writev
-    connect sendto sendmsg sendmmsg execve execveat umlrun_exec_fd
+    connect sendto sendmsg sendmmsg execve execveat umlrun_exec_fd utime utimes futimesat utimensat
     mkdir mkdirat mknod mknodat symlink symlinkat link linkat
     shmget shmat shmctl semget semop semtimedop semctl msgget msgsnd msgrcv msgctl
 """.split())
 # Calls that leave every directory where it is: attributes, and unlinking a file.
 KEEPS_DIRS = frozenset("""
-    chmod fchmod fchmodat fchmodat2 chown fchown lchown fchownat utime utimes futimesat utimensat truncate
+    chmod fchmod fchmodat fchmodat2 chown fchown lchown fchownat truncate
     unlink
 """.split())
 AT_REMOVEDIR = 0x200
-# The pure calls that may make a name (the others that do are not pure).
-CREATES = frozenset("creat openat2 mkdir mkdirat mknod mknodat symlink symlinkat link linkat".split())
-OPEN_FLAGS_ARG = {"open": 1, "openat": 2}
+# The ioctls that carry a pid (umlrun/syscalls/pids.py): pure. (The others trapped act on files.)
+PID_IOCTLS = frozenset((0x540F, 0x5410, 0x5429, 0x8901, 0x8902, 0x8903, 0x8904))
+# What the unlink handler said it removed (unlinking()); anything else, a handler that says nothing.
+UNLINK_UNKNOWN, UNLINK_NOTHING, UNLINK_PLAIN = 0, 1, 2
 
 
 def _cwd(proc) -> bytes:
@@ -77,6 +90,8 @@ class FastPath:
         # Up to two host ids mean "the guest" (the supervisor's, the one it runs the guest as).
         self.enabled = enabled and len(own_u) <= 2 and len(own_g) <= 2
         self.copy_ups = OverlayFS.copy_ups
+        self.store_changes = OwnershipStore.changes
+        self.unlinked = UNLINK_UNKNOWN
         lib.sysemu_fast_enable(int(self.enabled), own_u[0], own_u[-1], own_g[0], own_g[-1])
         lib.sysemu_fast_own_range(*getattr(kernel.own_uids, "range", (0, 0, 0xFFFFFFFF)))
 
@@ -87,18 +102,21 @@ class FastPath:
         The guest VFS's directory cache (hostfs/pathwalk.py) follows the same
         rule, and when it empties itself for its age, so does the C side."""
         vfs = self.k.vfs
-        keeps_dirs = name in KEEPS_DIRS or (name == "unlinkat" and not call.args[2] & AT_REMOVEDIR)
-        if OverlayFS.copy_ups != self.copy_ups or (name not in PURE_CALLS and not keeps_dirs):
+        unlinks_file = name == "unlink" or (name == "unlinkat" and not call.args[2] & AT_REMOVEDIR)
+        pure = (name in PURE_CALLS or (unlinks_file and self.unlinked != UNLINK_UNKNOWN)
+                or (name == "ioctl" and call.args[1] & 0xFFFFFFFF in PID_IOCTLS))
+        keeps_dirs = not pure and (name in KEEPS_DIRS or unlinks_file)
+        self.unlinked = UNLINK_UNKNOWN
+        store_changed = OwnershipStore.changes != self.store_changes
+        self.store_changes = OwnershipStore.changes
+        if OverlayFS.copy_ups != self.copy_ups or not (pure or keeps_dirs):
             self.copy_ups = OverlayFS.copy_ups
             vfs.forget_dirs()
             lib.sysemu_fast_revoke()
-        elif keeps_dirs or vfs.trim():
+        elif keeps_dirs or store_changed or vfs.trim():
             lib.sysemu_fast_revoke()
-        else:
-            if name in CREATES or (name in OPEN_FLAGS_ARG and call.args[OPEN_FLAGS_ARG[name]] & os.O_CREAT):
-                lib.sysemu_fast_created()
-            if self.enabled and call.proc.known:
-                self.grant(call.proc)
+        elif self.enabled and call.proc.known:
+            self.grant(call.proc)
 
     def grant(self, proc) -> None:
         procs = self.k.procs
@@ -138,6 +156,12 @@ class FastPath:
         host = parent.rstrip(b"/") + b"/" + d.name
         lib.sysemu_fast_remember(key, len(key), int(follow), host, st.st_dev, st.st_ino, *owner,
                                  int(stat.S_ISREG(st.st_mode)))
+
+    def unlinking(self, d) -> None:
+        """The unlink handler, before it removes d (None: before its lookup, nothing
+        removed yet). A symlink, or what a /proc magic link reached, is not plain."""
+        plain = d is None or not (d.magic or d.st is None or stat.S_ISLNK(d.st.st_mode))
+        self.unlinked = (UNLINK_NOTHING if d is None else UNLINK_PLAIN) if plain else UNLINK_UNKNOWN
 
     def remember_absent(self, call, dirfd: int, path: bytes, follow: bool, absent) -> None:
         """A walk of `path` met a name absent from a host directory (absent: the
