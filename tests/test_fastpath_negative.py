@@ -127,3 +127,15 @@ def test_overlay_whiteouts_and_names_made_over_them(busybox_root):
                                 + ["now-a-directory"] + ["none"] * 3 + ["linked"] + ["lower-none"] * 3
                                 + ["made-in-lower-dir"] + ["deep-none"] * 3 + ["deep-made"]
                                 + ["renamed-away"] * 3 + ["renamed-back"])
+
+
+def test_times_changed_and_files_removed_are_seen(busybox_root):
+    """Changing times and unlinking a plain file keep the C loop's facts: both
+    are seen at once. (A file with an owner of its own, removed and made again:
+    the probe's "owned" cases.)"""
+    r = umlrun("run", "-r", busybox_root, "--", "sh", "-c",
+               "cd /tmp && "
+               "touch -d @1000000000 g1; stat -c %Y g1; stat -c %Y g1; touch -d @1100000000 g1; stat -c %Y g1; "
+               "echo z > h; stat -c %s h; rm h; stat h 2>/dev/null || echo gone; echo zz > h; stat -c %s h")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1000000000", "1000000000", "1100000000", "2", "gone", "3"]

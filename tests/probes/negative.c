@@ -76,6 +76,17 @@ static void look(const char *name, const char *path)
     fflush(stdout);
 }
 
+static void owner(const char *name, const char *path)
+{
+    struct stat s;
+    for (int i = 0; i < 3; i++)
+        if (syscall(SYS_lstat, path, &s) < 0) {
+            printf("%s %s\n", name, ename(errno));
+            return;
+        }
+    printf("%s uid=%d gid=%d\n", name, (int)s.st_uid, (int)s.st_gid);
+}
+
 static void put(const char *path)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -180,6 +191,20 @@ int main(int argc, char **argv)
     must(unlink("loop2"));
     look("eloop-broken", "loop1/x");
 
+    /* A path walked through a symlink, the symlink removed or replaced. */
+    must(mkdir("t1", 0755));
+    must(mkdir("t2", 0755));
+    put("t1/f");
+    must(symlink("t1", "ls"));
+    look("through-symlink", "ls/f");
+    look("through-symlink-absent", "ls/g");
+    must(unlink("ls"));
+    look("through-symlink-removed", "ls/f");
+    must(symlink("t2", "ls"));
+    look("through-symlink-replaced", "ls/f");
+    put("t2/g");
+    look("through-symlink-replaced-g", "ls/g");
+
     look("unlink-before", "c");
     must(unlink("c"));
     look("unlink-after", "c");
@@ -224,6 +249,15 @@ int main(int argc, char **argv)
     }
     int status;
     waitpid(pid, &status, 0);
+
+    /* A file with an owner of its own, removed, and a new one of that name
+     * (which may get its inode): the new one's owner. */
+    put("owned");
+    must(chown("owned", 42, 42));
+    owner("owned-before", "owned");
+    must(unlink("owned"));
+    put("owned");
+    owner("owned-recreated", "owned");
     printf("done\n");
     return 0;
 }
