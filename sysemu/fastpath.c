@@ -117,7 +117,8 @@ static void sysemu_fast_own_range(unsigned int first, unsigned int count, unsign
     own_first = first, own_count = count, own_legacy = legacy;
 }
 
-/* A task's ids; paths: may it use the path cache (with this cwd) until the next revoke. */
+/* A task's ids; paths: 1, may it use the path cache (with this cwd) until the
+ * next revoke; 3, and answer access() (its real and effective uids are 0). */
 static int sysemu_fast_task(int tid, int vtid, int vtgid, int paths, const char *cwd, int cwdlen)
 {
     struct fast_task *t = task_slot(tid, 1);
@@ -130,7 +131,8 @@ static int sysemu_fast_task(int tid, int vtid, int vtgid, int paths, const char 
     t->vtid = vtid;
     t->vtgid = vtgid;
     t->gen = 0;
-    t->real_root = (paths & 2) != 0;
+    t->real_root = (paths & 3) == 3;
+    paths &= 1;
     if (paths && t->cwd != NULL && t->cwdlen == cwdlen && !memcmp(t->cwd, cwd, cwdlen)) {
         t->gen = fast_gen; /* the same cwd: the common case, no copy */
     } else if (paths) {

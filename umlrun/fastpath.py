@@ -121,8 +121,10 @@ class FastPath:
     def grant(self, proc) -> None:
         procs = self.k.procs
         cred = proc.cred
-        # 1: the path cache; 2: access() too (it checks with the real or the effective uid)
-        paths = (proc.fs.root == () and cred.fsuid == 0) | (cred.ruid == cred.euid == 0) << 1
+        # 1: the path cache; 3: access() too (it checks with the real or the effective uid)
+        paths = 0
+        if proc.fs.root == () and cred.fsuid == 0:
+            paths = 3 if cred.ruid == cred.euid == 0 else 1
         cwd = _cwd(proc)
         lib.sysemu_fast_task(proc.tid, procs.vpid(proc.tid), procs.vpid(proc.tgid), int(paths), cwd, len(cwd))
 

@@ -258,6 +258,32 @@ int main(int argc, char **argv)
     must(unlink("owned"));
     put("owned");
     owner("owned-recreated", "owned");
+
+    /* A chrooted task: neither a path cached outside its root (by another
+     * task, after the chroot) nor an absent name of the jail's root holds for it. */
+    must(mkdir("croot", 0755));
+    put("croot/only-inside");
+    char outside[4096];
+    snprintf(outside, sizeof outside, "%s/w2/rel", argv[1]);
+    int ready[2], go[2];
+    char c = 0;
+    must(pipe(ready));
+    must(pipe(go));
+    pid = fork();
+    if (pid == 0) {
+        if (chroot("croot") < 0 || chdir("/") < 0 || write(ready[1], &c, 1) != 1 || read(go[0], &c, 1) != 1)
+            _exit(6);
+        look("chroot-outside", outside);
+        look("chroot-inside", "/only-inside");
+        _exit(0);
+    }
+    if (read(ready[0], &c, 1) != 1)
+        return 7;
+    look("chroot-outside-before", outside);
+    look("chroot-inside-before", "/only-inside");
+    if (write(go[1], &c, 1) != 1)
+        return 7;
+    waitpid(pid, &status, 0);
     printf("done\n");
     return 0;
 }
