@@ -224,11 +224,13 @@ class OverlayFS:
         except FileNotFoundError:
             return False
         if is_whiteout(upper, name, st):
+            OverlayFS.copy_ups += 1  # as a copy-up: the guest path names another object (or will)
             os.unlink(name, dir_fd=upper)
             return True
         return False
 
     def whiteout(self, upper: int, name: bytes) -> None:
+        OverlayFS.copy_ups += 1  # as a copy-up: the guest path no longer names the lower object
         os.symlink(WHITEOUT, name, dir_fd=upper)
 
     def make_opaque(self, upper: int, name: bytes) -> None:

@@ -49,6 +49,8 @@ class Entry:
 
 
 class OwnershipStore:
+    changes = 0  # every change to any store: the owners the C loop was told may be stale (umlrun/fastpath.py)
+
     def __init__(self, dir_fd: int | None, label: str):
         self.dir_fd = dir_fd          # the mount's root; None: in memory only (throwaway mounts)
         self.label = label
@@ -85,6 +87,16 @@ class OwnershipStore:
                     raise StoreError(f"the ownership store of {self.label} is corrupt at line {n}; "
                                      f"fix or delete {STORE_NAME.decode()} there to reset ownership") from None
                 self.entries[ino] = Entry(uid, gid, kind, rdev)
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
+    @dirty.setter
+    def dirty(self, value: bool) -> None:
+        if value:
+            OwnershipStore.changes += 1
+        self._dirty = value
 
     def save(self) -> None:
         """Write the store back; one line on stderr if it cannot be."""

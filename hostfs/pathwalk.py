@@ -43,6 +43,8 @@ class WalkError(Exception):
     def __init__(self, err: int):
         super().__init__(os.strerror(err))
         self.errno = err
+        # ENOENT of a name absent from a host directory: (its handle, the name).
+        self.absent = None
 
 
 class Dentry:
@@ -269,7 +271,10 @@ class PathWalk:
             except OSError as e:
                 if e.errno == errno.ENOENT and last and not must_exist:
                     return Dentry(self._parent_fd(h), c, child, here, None, owned, dir_handle=h)
-                raise WalkError(e.errno) from None
+                err = WalkError(e.errno)
+                if e.errno == errno.ENOENT and fs is None:
+                    err.absent = (h, c)  # where the walk stopped (umlrun/fastpath.py remember_absent)
+                raise err from None
             if stat.S_ISLNK(st.st_mode) and (not last or follow or want_dir):
                 if no_symlinks:
                     raise WalkError(errno.ELOOP)

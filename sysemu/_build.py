@@ -42,6 +42,8 @@ void sysemu_fast_own_range(unsigned int first, unsigned int count, unsigned int 
 int sysemu_fast_task(int tid, int vtid, int vtgid, int paths, const char *cwd, int cwdlen);
 void sysemu_fast_forget(int tid);
 void sysemu_fast_revoke(void);
+int sysemu_fast_absent(const char *key, int keylen, int follow, const char *name, const char *dir0, uint64_t dev0,
+                       uint64_t ino0, uint64_t wdev, uint64_t wino, const char *dir1, uint64_t dev1, uint64_t ino1);
 int sysemu_fast_remember(const char *key, int keylen, int follow, const char *host,
                          uint64_t dev, uint64_t ino, long long uid, long long gid, int reg);
 void sysemu_fast_object(uint64_t dev, uint64_t ino, long long uid, long long gid);

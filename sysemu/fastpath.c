@@ -12,9 +12,14 @@
  *   - paths: a guest path as the guest wrote it (joined to the cwd when
  *     relative) -> the host file the guest VFS walked to, its (dev, ino) and
  *     the owner the guest sees;
- *   - objects: (dev, ino) -> the owner the guest sees, for fstat.
+ *   - objects: (dev, ino) -> the owner the guest sees, for fstat;
+ *   - absent names: a guest path whose walk met a name absent from a host
+ *     directory (in an overlay: from the upper and the lower one, or hidden
+ *     by a whiteout) -> those directories and that name: ENOENT.
  * Every use re-checks (dev, ino) on the host, so a file replaced or moved
- * from outside the jail falls back to Python. Any call that could change what
+ * from outside the jail falls back to Python; an absent name is re-checked
+ * the same way (its directory's (dev, ino), the name still absent), so a name
+ * made since, in the jail or from outside, is seen at once. Any call that could change what
  * a walk finds (a rename, a chmod, a chdir, a set*id...) revokes every grant
  * and the whole path cache: revoke() is one increment of a generation.
  */
@@ -26,6 +31,7 @@ struct fast_task {
     int tid;          /* 0: a free slot */
     int vtid, vtgid;
     uint64_t gen;     /* paths granted in this generation */
+    int real_root;    /* its real and effective uids are 0 too: access() checks as root */
     char *cwd;        /* the guest cwd, "" for / */
     int cwdlen;
 };
@@ -50,10 +56,28 @@ struct fast_object {
 };
 #define FAST_OBJECT_SLOTS 4096
 
+/* A guest path whose walk stopped at a name absent from a host directory.
+ * Inside an overlay, two places: the upper directory (where the name is
+ * absent, or the whiteout (wdev, wino) hides it) and the lower one. */
+struct fast_absent {
+    uint64_t gen;
+    char *key;
+    int keylen;
+    int follow;       /* keyed as a fast_path is: a final symlink followed or not */
+    int places;
+    struct {
+        char *dir, *path; /* the host directory, and it joined with the name */
+        uint64_t dev, ino;
+    } at[2];
+    uint64_t wdev, wino; /* at[0]'s whiteout; wino 0: the name is absent there */
+};
+#define FAST_ABSENT_SLOTS 4096
+
 static struct fast_task fast_tasks[FAST_TASK_SLOTS];
 static struct fast_object fast_objects[FAST_OBJECT_SLOTS];
 static struct fast_path fast_paths[FAST_PATH_SLOTS];
 static uint64_t fast_gen = 1;
+static struct fast_absent fast_absents[FAST_ABSENT_SLOTS];
 static int fast_enabled;
 static unsigned int own_uid[2], own_gid[2];
 /* Run as root, every jail's own host id means "the guest" too: files a kept
@@ -93,7 +117,8 @@ static void sysemu_fast_own_range(unsigned int first, unsigned int count, unsign
     own_first = first, own_count = count, own_legacy = legacy;
 }
 
-/* A task's ids; paths: may it use the path cache (with this cwd) until the next revoke. */
+/* A task's ids; paths: 1, may it use the path cache (with this cwd) until the
+ * next revoke; 3, and answer access() (its real and effective uids are 0). */
 static int sysemu_fast_task(int tid, int vtid, int vtgid, int paths, const char *cwd, int cwdlen)
 {
     struct fast_task *t = task_slot(tid, 1);
@@ -106,6 +131,8 @@ static int sysemu_fast_task(int tid, int vtid, int vtgid, int paths, const char 
     t->vtid = vtid;
     t->vtgid = vtgid;
     t->gen = 0;
+    t->real_root = (paths & 3) == 3;
+    paths &= 1;
     if (paths && t->cwd != NULL && t->cwdlen == cwdlen && !memcmp(t->cwd, cwd, cwdlen)) {
         t->gen = fast_gen; /* the same cwd: the common case, no copy */
     } else if (paths) {
@@ -151,6 +178,58 @@ static void sysemu_fast_forget(int tid)
 static void sysemu_fast_revoke(void)
 {
     fast_gen++;
+}
+
+static void absent_free(struct fast_absent *e)
+{
+    free(e->key);
+    for (int i = 0; i < 2; i++)
+        free(e->at[i].dir), free(e->at[i].path);
+    memset(e, 0, sizeof *e);
+}
+
+static char *joined(const char *dir, const char *name)
+{
+    size_t dl = strlen(dir), nl = strlen(name);
+    char *p = malloc(dl + nl + 2);
+    if (p != NULL) {
+        memcpy(p, dir, dl);
+        p[dl] = '/';
+        memcpy(p + dl + 1, name, nl + 1);
+    }
+    return p;
+}
+
+/* key (as sysemu_fast_remember's, with follow) walks to `name`, absent
+ * from host directory dir0 (dev0, ino0) -- or hidden there by the whiteout
+ * (wdev, wino) when wino != 0 -- and from dir1 unless dir1 is "". */
+static int sysemu_fast_absent(const char *key, int keylen, int follow, const char *name, const char *dir0,
+                              uint64_t dev0, uint64_t ino0, uint64_t wdev, uint64_t wino, const char *dir1,
+                              uint64_t dev1, uint64_t ino1)
+{
+    struct fast_absent *e = &fast_absents[fast_hash(key, keylen, follow) & (FAST_ABSENT_SLOTS - 1)];
+    absent_free(e);
+    e->key = malloc(keylen + 1);
+    e->at[0].dir = strdup(dir0);
+    e->at[0].path = joined(dir0, name);
+    e->places = dir1[0] ? 2 : 1;
+    if (e->places == 2) {
+        e->at[1].dir = strdup(dir1);
+        e->at[1].path = joined(dir1, name);
+    }
+    if (e->key == NULL || e->at[0].dir == NULL || e->at[0].path == NULL ||
+        (e->places == 2 && (e->at[1].dir == NULL || e->at[1].path == NULL))) {
+        absent_free(e);
+        return -ENOMEM;
+    }
+    memcpy(e->key, key, keylen);
+    e->key[keylen] = 0;
+    e->keylen = keylen;
+    e->follow = follow;
+    e->at[0].dev = dev0, e->at[0].ino = ino0, e->at[1].dev = dev1, e->at[1].ino = ino1;
+    e->wdev = wdev, e->wino = wino;
+    e->gen = fast_gen;
+    return 0;
 }
 
 static int sysemu_fast_remember(const char *key, int keylen, int follow, const char *host,
@@ -203,26 +282,67 @@ static struct fast_path *path_find(const char *key, int keylen, int follow)
 
 #define KEY_MAX 8192 /* a cwd and a path, each under PATH_MAX */
 
-/* The cached path the call names (path: read from the guest, n bytes), or
- * NULL. key holds KEY_MAX bytes. */
+/* The key of the path the call names (path: read from the guest, n bytes) in
+ * key (KEY_MAX bytes): its length, or -1 when C cannot key it. */
+static int call_key(const struct fast_task *t, uint64_t dirfd, const char *path, long n, char *key)
+{
+    if (n <= 0)
+        return -1; /* "" is ENOENT (or an fd's own object), a bad pointer EFAULT: Python says so */
+    if (path[0] == '/') {
+        memcpy(key, path, n);
+        return n;
+    }
+    if ((int)dirfd != AT_FDCWD || t->cwdlen + 1 + n > KEY_MAX)
+        return -1;
+    memcpy(key, t->cwd, t->cwdlen);
+    key[t->cwdlen] = '/';
+    memcpy(key + t->cwdlen + 1, path, n);
+    return t->cwdlen + 1 + n;
+}
+
+/* The cached path the call names, or NULL. */
 static struct fast_path *call_path(const struct fast_task *t, uint64_t dirfd, const char *path, long n,
                                    int follow, char *key)
 {
-    if (n <= 0)
-        return NULL; /* "" is ENOENT (or an fd's own object), a bad pointer EFAULT: Python says so */
-    int keylen;
-    if (path[0] == '/') {
-        memcpy(key, path, n);
-        keylen = n;
-    } else {
-        if ((int)dirfd != AT_FDCWD || t->cwdlen + 1 + n > KEY_MAX)
-            return NULL;
-        memcpy(key, t->cwd, t->cwdlen);
-        key[t->cwdlen] = '/';
-        memcpy(key + t->cwdlen + 1, path, n);
-        keylen = t->cwdlen + 1 + n;
+    int keylen = call_key(t, dirfd, path, n, key);
+    return keylen < 0 ? NULL : path_find(key, keylen, follow);
+}
+
+/* Is the path keyed so known absent, and still absent on the host? */
+static int known_absent(const char *key, int keylen, int follow)
+{
+    if (keylen < 0)
+        return 0;
+    const struct fast_absent *e = &fast_absents[fast_hash(key, keylen, follow) & (FAST_ABSENT_SLOTS - 1)];
+    if (e->gen != fast_gen || e->keylen != keylen || e->follow != follow || memcmp(e->key, key, keylen))
+        return 0;
+    for (int i = 0; i < e->places; i++) {
+        struct stat st;
+        if (syscall(SYS_newfstatat, AT_FDCWD, e->at[i].dir, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+            st.st_dev != e->at[i].dev || st.st_ino != e->at[i].ino)
+            return 0;
+        int r = syscall(SYS_newfstatat, AT_FDCWD, e->at[i].path, &st, AT_SYMLINK_NOFOLLOW);
+        if (i == 0 && e->wino) /* the whiteout hides whatever the lower layer holds */
+            return r == 0 && st.st_dev == e->wdev && st.st_ino == e->wino;
+        if (r == 0 || errno != ENOENT)
+            return 0;
     }
-    return path_find(key, keylen, follow);
+    return 1;
+}
+
+/* The path the call names: a cached one (*p), or an absent one (returns 1). */
+static int call_lookup(const struct fast_task *t, uint64_t dirfd, const char *path, long n, int follow, char *key,
+                       struct fast_path **p)
+{
+    int keylen = call_key(t, dirfd, path, n, key);
+    *p = keylen < 0 ? NULL : path_find(key, keylen, follow);
+    return *p == NULL && known_absent(key, keylen, follow);
+}
+
+static int answer_enoent(int notify_fd, const struct seccomp_notif *req)
+{
+    sysemu_respond(notify_fd, req->id, 0, -ENOENT, 0);
+    return 1;
 }
 
 static unsigned int guest_id(unsigned int id, const unsigned int own[2])
@@ -327,8 +447,22 @@ static int fast_open(int notify_fd, const struct seccomp_notif *req, const struc
     return 1;
 }
 
+/* access() of a cached name by a task whose ids are all root's: W_OK is
+ * Python's (a read-only mount, a running program); X_OK needs an x bit. */
+static int fast_access(int notify_fd, const struct seccomp_notif *req, const struct fast_path *p, int mode)
+{
+    struct stat st;
+    if (mode & W_OK || syscall(SYS_newfstatat, AT_FDCWD, p->host, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+        st.st_dev != p->dev || st.st_ino != p->ino)
+        return 0;
+    int denied = mode & X_OK && !S_ISDIR(st.st_mode) && !(st.st_mode & 0111);
+    sysemu_respond(notify_fd, req->id, 0, denied ? -EACCES : 0, 0);
+    return 1;
+}
+
 #define AT_FLAGS_KNOWN (AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT)
 #define OPEN_WRITES (O_ACCMODE | O_CREAT | O_TRUNC | O_PATH | __O_TMPFILE)
+#define ACCESS_FLAGS_KNOWN (AT_EACCESS | AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH)
 
 /* 1: answered here; 0: Python's. */
 static int fast_answer(int notify_fd, const struct seccomp_notif *req)
@@ -355,7 +489,9 @@ static int fast_answer(int notify_fd, const struct seccomp_notif *req)
     case SYS_stat:
     case SYS_lstat:
         n = sysemu_read_string(req->pid, a[0], path, sizeof path);
-        if ((p = call_path(t, AT_FDCWD, path, n, nr == SYS_stat, key)))
+        if (call_lookup(t, AT_FDCWD, path, n, nr == SYS_stat, key, &p))
+            done = answer_enoent(notify_fd, req);
+        else if (p)
             done = fast_stat(notify_fd, req, p, a[1]);
         break;
     case SYS_fstat:
@@ -366,27 +502,57 @@ static int fast_answer(int notify_fd, const struct seccomp_notif *req)
         n = sysemu_read_string(req->pid, a[1], path, sizeof path);
         if (n == 0 && flags == AT_EMPTY_PATH)
             done = fast_stat_fd(notify_fd, req, a[0], a[2]);
-        else if (!(flags & ~AT_FLAGS_KNOWN) &&
-                 (p = call_path(t, a[0], path, n, !(flags & AT_SYMLINK_NOFOLLOW), key)))
+        else if (flags & ~AT_FLAGS_KNOWN)
+            break;
+        else if (call_lookup(t, a[0], path, n, !(flags & AT_SYMLINK_NOFOLLOW), key, &p))
+            done = answer_enoent(notify_fd, req);
+        else if (p)
             done = fast_stat(notify_fd, req, p, a[2]);
         break;
     case SYS_open:
     case SYS_openat:
+        /* An absent name is ENOENT whatever the flags, unless the open may create it. */
         flags = (int)a[nr == SYS_open ? 1 : 2];
-        if (flags & OPEN_WRITES)
+        if (flags & (O_CREAT | __O_TMPFILE))
             break;
         n = sysemu_read_string(req->pid, a[nr == SYS_open ? 0 : 1], path, sizeof path);
-        if ((p = call_path(t, nr == SYS_open ? (uint64_t)AT_FDCWD : a[0], path, n, !(flags & O_NOFOLLOW), key)))
+        if (call_lookup(t, nr == SYS_open ? (uint64_t)AT_FDCWD : a[0], path, n, !(flags & O_NOFOLLOW), key, &p))
+            done = answer_enoent(notify_fd, req);
+        else if (p && !(flags & OPEN_WRITES))
             done = fast_open(notify_fd, req, p, flags);
         break;
     case SYS_readlink:
     case SYS_readlinkat: {
         int at = nr == SYS_readlinkat;
+        if ((int)a[at + 2] <= 0)
+            break; /* EINVAL before any lookup: Python's */
         n = sysemu_read_string(req->pid, a[at], path, sizeof path);
-        if ((p = call_path(t, at ? a[0] : (uint64_t)AT_FDCWD, path, n, 0, key)))
+        if (call_lookup(t, at ? a[0] : (uint64_t)AT_FDCWD, path, n, 0, key, &p))
+            done = answer_enoent(notify_fd, req);
+        else if (p)
             done = fast_readlink(notify_fd, req, p, a[at + 1], (int)a[at + 2]);
         break;
     }
+    case SYS_access:
+    case SYS_faccessat:
+    case SYS_faccessat2: {
+        int at = nr != SYS_access;
+        int mode = (int)a[at + 1];
+        flags = nr == SYS_faccessat2 ? (int)a[3] : 0;
+        if (mode & ~(R_OK | W_OK | X_OK) || flags & ~ACCESS_FLAGS_KNOWN)
+            break; /* EINVAL before any lookup: Python's */
+        n = sysemu_read_string(req->pid, a[at], path, sizeof path);
+        if (call_lookup(t, at ? a[0] : (uint64_t)AT_FDCWD, path, n, !(flags & AT_SYMLINK_NOFOLLOW), key, &p))
+            done = answer_enoent(notify_fd, req);
+        else if (p && t->real_root)
+            done = fast_access(notify_fd, req, p, mode);
+        break;
+    }
+    case SYS_statfs:
+        n = sysemu_read_string(req->pid, a[0], path, sizeof path);
+        if (call_lookup(t, AT_FDCWD, path, n, 1, key, &p))
+            done = answer_enoent(notify_fd, req);
+        break;
     case SYS_getcwd:
         done = fast_getcwd(notify_fd, req, t, a[0], a[1]);
         break;

@@ -11,24 +11,42 @@ them. The facts:
     call Python answers for it that changes nothing;
   - a path's host file and the owner the guest sees: remembered after a stat,
     a readlink or a read-only open of it walked to an ordinary object;
-  - an object's owner as the guest sees it (for fstat), by (dev, ino).
+  - an object's owner as the guest sees it (for fstat), by (dev, ino);
+  - a path whose walk stopped at a name absent from a host directory (both
+    layers' in an overlay, or hidden by a whiteout): ENOENT while C finds
+    the directory the same and the name still absent on the host.
 Every call not in PURE_CALLS or KEEPS_DIRS revokes all grants and both
 caches (this one and the guest VFS's directory handles) when it has run:
 renames, unlinks, chdirs, set*id, xattrs... A new handler is therefore safe
 by default. Creating a name (open's O_CREAT, mkdir, symlink, link, mknod) is
 pure: it never changes what an existing name resolves to (a name hidden by a
 whiteout was never cached); what creating may change, a copy-up in an
-overlay, revokes everything too. A change of attributes (chmod, chown,
-times) or the unlink of a file leaves every directory where it is: it
-revokes C's facts (an owner may have changed; a removed file fails C's
-check anyway) but keeps the directory handles.
+overlay, revokes everything too. A change of attributes (chmod, chown)
+leaves every directory where it is: it revokes C's facts (an owner may have
+changed) but keeps the directory handles. Changing times is pure (C answers
+them from the host's stat). So is unlinking a file that is not a symlink,
+when no whiteout is left and no owner the store keeps goes (do_unlink says
+what it removes, unlinking()): C's facts on that file then fail their host
+check, and no path walked through it; any other unlink revokes C's facts.
+Any change to an ownership store revokes them too (a new file that gets an
+owner of its own may reuse a removed file's inode).
+
+Creating a name does change one answer, an absent name's. C checks the
+host at each use: the very directory the walk met the name absent from (in
+an overlay, each layer's), and the name still absent there. Every creation
+(by the guest, by another jail, from outside) puts the name in such a
+directory, except the two an overlay makes elsewhere, which revoke
+everything: a new upper directory (a copy-up), a whiteout removed (a name
+made over it). So creating stays pure, and absent names survive the
+creations a build makes all the time (its temporary and output files).
 """
 from __future__ import annotations
 
 import os
 import stat
 
-from hostfs.overlay import OverlayFS
+from hostfs.overlay import OverlayFS, is_whiteout
+from hostfs.ownership import OwnershipStore
 from sysemu._sysemu import ffi, lib
 
 O_WRITES = os.O_ACCMODE | os.O_CREAT | os.O_TRUNC | 0o20000000  # ... | __O_TMPFILE
@@ -44,13 +62,13 @@ PURE_CALLS = frozenset("""
     getpriority setpriority ioprio_get ioprio_set prlimit64 get_robust_list move_pages
     sched_setparam sched_getparam sched_setscheduler sched_getscheduler sched_rr_get_interval
     sched_setaffinity sched_getaffinity sched_setattr sched_getattr process_vm_readv process_vm_writev
-    connect sendto sendmsg sendmmsg execve execveat umlrun_exec_fd
+    connect sendto sendmsg sendmmsg execve execveat umlrun_exec_fd utime utimes futimesat utimensat
     mkdir mkdirat mknod mknodat symlink symlinkat link linkat
     shmget shmat shmctl semget semop semtimedop semctl msgget msgsnd msgrcv msgctl
 """.split())
 # Calls that leave every directory where it is: attributes, and unlinking a file.
 KEEPS_DIRS = frozenset("""
-    chmod fchmod fchmodat fchmodat2 chown fchown lchown fchownat utime utimes futimesat utimensat truncate
+    chmod fchmod fchmodat fchmodat2 chown fchown lchown fchownat truncate
     unlink
 """.split())
 AT_REMOVEDIR = 0x200
@@ -58,6 +76,10 @@ STOP_SET_TID_ADDRESS, STOP_WAIT4, STOP_SIGCHLD, STOP_EXIT_FIX, STOP_START, STOP_
 STOP_EXEC_FINISH, STOP_IDS = 64, 128
 EXEC_EVENT, EXEC_FINISHED, EXEC_INSTALLED = 0, 1, 2  # stops.c's exec log
 EXEC_LOG = 256
+# The ioctls that carry a pid (umlrun/syscalls/pids.py): pure. (The others trapped act on files.)
+PID_IOCTLS = frozenset((0x540F, 0x5410, 0x5429, 0x8901, 0x8902, 0x8903, 0x8904))
+# What the unlink handler said it removed (unlinking()); anything else, a handler that says nothing.
+UNLINK_UNKNOWN, UNLINK_NOTHING, UNLINK_PLAIN = 0, 1, 2
 
 
 def _cwd(proc) -> bytes:
@@ -72,6 +94,8 @@ class FastPath:
         # Up to two host ids mean "the guest" (the supervisor's, the one it runs the guest as).
         self.enabled = enabled and len(own_u) <= 2 and len(own_g) <= 2
         self.copy_ups = OverlayFS.copy_ups
+        self.store_changes = OwnershipStore.changes
+        self.unlinked = UNLINK_UNKNOWN
         lib.sysemu_fast_enable(int(self.enabled), own_u[0], own_u[-1], own_g[0], own_g[-1])
         lib.sysemu_fast_own_range(*getattr(kernel.own_uids, "range", (0, 0, 0xFFFFFFFF)))
         self.stops = self._stops_mask() if self.enabled else 0
@@ -185,19 +209,29 @@ class FastPath:
         The guest VFS's directory cache (hostfs/pathwalk.py) follows the same
         rule, and when it empties itself for its age, so does the C side."""
         vfs = self.k.vfs
-        keeps_dirs = name in KEEPS_DIRS or (name == "unlinkat" and not call.args[2] & AT_REMOVEDIR)
-        if OverlayFS.copy_ups != self.copy_ups or (name not in PURE_CALLS and not keeps_dirs):
+        unlinks_file = name == "unlink" or (name == "unlinkat" and not call.args[2] & AT_REMOVEDIR)
+        pure = (name in PURE_CALLS or (unlinks_file and self.unlinked != UNLINK_UNKNOWN)
+                or (name == "ioctl" and call.args[1] & 0xFFFFFFFF in PID_IOCTLS))
+        keeps_dirs = not pure and (name in KEEPS_DIRS or unlinks_file)
+        self.unlinked = UNLINK_UNKNOWN
+        store_changed = OwnershipStore.changes != self.store_changes
+        self.store_changes = OwnershipStore.changes
+        if OverlayFS.copy_ups != self.copy_ups or not (pure or keeps_dirs):
             self.copy_ups = OverlayFS.copy_ups
             vfs.forget_dirs()
             lib.sysemu_fast_revoke()
-        elif keeps_dirs or vfs.trim():
+        elif keeps_dirs or store_changed or vfs.trim():
             lib.sysemu_fast_revoke()
         elif self.enabled and call.proc.known:
             self.grant(call.proc)
 
     def grant(self, proc) -> None:
         procs = self.k.procs
-        paths = proc.fs.root == () and proc.cred.fsuid == 0
+        cred = proc.cred
+        # 1: the path cache; 3: access() too (it checks with the real or the effective uid)
+        paths = 0
+        if proc.fs.root == () and cred.fsuid == 0:
+            paths = 3 if cred.ruid == cred.euid == 0 else 1
         cwd = _cwd(proc)
         lib.sysemu_fast_task(proc.tid, procs.vpid(proc.tid), procs.vpid(proc.tgid), int(paths), cwd, len(cwd))
         self.hand_ids(proc)
@@ -249,6 +283,50 @@ class FastPath:
         host = parent.rstrip(b"/") + b"/" + d.name
         lib.sysemu_fast_remember(key, len(key), int(follow), host, st.st_dev, st.st_ino, *owner,
                                  int(stat.S_ISREG(st.st_mode)))
+
+    def unlinking(self, d) -> None:
+        """The unlink handler, before it removes d (None: before its lookup, nothing
+        removed yet). A symlink, or what a /proc magic link reached, is not plain."""
+        plain = d is None or not (d.magic or d.st is None or stat.S_ISLNK(d.st.st_mode))
+        self.unlinked = (UNLINK_NOTHING if d is None else UNLINK_PLAIN) if plain else UNLINK_UNKNOWN
+
+    def remember_absent(self, call, dirfd: int, path: bytes, follow: bool, absent) -> None:
+        """A walk of `path` met a name absent from a host directory (absent: the
+        directory's handle, the name): C may answer ENOENT for it (rules as remember's)."""
+        proc = call.proc
+        if (not self.enabled or proc.fs.root != () or proc.cred.fsuid != 0 or not path
+                or (dirfd != AT_FDCWD and not path.startswith(b"/"))):
+            return
+        h, name = absent
+        whiteout = (0, 0)
+        try:
+            if isinstance(h, int):
+                places = [h]
+            elif h.upper is None:
+                places = [h.lower]
+            else:
+                places = [h.upper]
+                try:
+                    st = os.stat(name, dir_fd=h.upper, follow_symlinks=False)
+                    if not is_whiteout(h.upper, name, st):
+                        return  # made since the walk (from outside the jail)
+                    whiteout = st.st_dev, st.st_ino
+                except FileNotFoundError:
+                    if h.lower is not None:
+                        places.append(h.lower)
+            dirs = []
+            for fd in places:
+                host = os.readlink(b"/proc/self/fd/%d" % fd)
+                if not host.startswith(b"/") or host.endswith(b" (deleted)"):
+                    return
+                st = os.fstat(fd)
+                dirs.append((host, st.st_dev, st.st_ino))
+        except OSError:
+            return
+        if len(dirs) == 1:
+            dirs.append((b"", 0, 0))
+        key = path if path.startswith(b"/") else _cwd(proc) + b"/" + path  # as sysemu/fastpath.c joins it
+        lib.sysemu_fast_absent(key, len(key), int(follow), name, *dirs[0], *whiteout, *dirs[1])
 
     def remember_object(self, dev: int, ino: int, mount, upper: bool):
         """fstat of a descriptor of this object may be answered in C. Returns the

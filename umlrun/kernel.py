@@ -27,6 +27,9 @@ from umlrun.supervision import own_children, refuse_unknown
 from umlrun.syscalls.table import new_table
 
 DEBUG = os.environ.get("UMLRUN_DEBUG")  # print host errors met inside handlers
+# A file to write, at the end, how many calls reached Python, by call and answer
+# (to see what the C loop could answer: docs/benchmarks.md). Off by default.
+COUNTS = os.environ.get("UMLRUN_COUNTS")
 
 
 class Kernel(PtraceStops):
@@ -68,6 +71,7 @@ class Kernel(PtraceStops):
         self._placeholders = 0
         self._reported: set = set()              # internal errors already reported
         self.lost_forks: list = []               # (tgid, when): a fork event lost (the parent died in it)
+        self.counts: dict | None = {} if COUNTS else None  # (call, answer) -> how many (COUNTS)
 
     def placeholder(self, guest: tuple) -> int:
         """An empty host file, opened, that stands for the guest object `guest` (which
@@ -123,7 +127,16 @@ class Kernel(PtraceStops):
                         self.report_bug(f"a ptrace stop of task {pid}", "that task was killed")
                     self.kill_task(pid)
         self.shutdown()
+        if self.counts is not None:
+            self.write_counts()
         return self.exit_status if self.exit_status is not None else 1
+
+    def write_counts(self) -> None:
+        """COUNTS: append "call answer count" lines, and how many calls C answered."""
+        with open(COUNTS, "a") as f:
+            for (name, answer), n in sorted(self.counts.items(), key=lambda kv: -kv[1]):
+                f.write(f"{name} {answer} {n}\n")
+            f.write(f"(answered-in-C) ok {self.fast.answered()}\n")
 
     def shutdown(self) -> None:
         """pid 1 is gone: every other guest process goes with it, and is reaped.
@@ -159,11 +172,15 @@ class Kernel(PtraceStops):
         if self.trace is not None:
             self.trace(proc, n.nr, call.args)
         try:
-            self.answer(n, entry, call)
+            answer = self.answer(n, entry, call)
         finally:
             self.fast.after(entry.name if entry else "", call)
+        if self.counts is not None:
+            key = (entry.name if entry else str(n.nr), answer or "ok")
+            self.counts[key] = self.counts.get(key, 0) + 1
 
-    def answer(self, n, entry, call) -> None:
+    def answer(self, n, entry, call) -> str | None:
+        """Answer the call; returns the errno's name when it failed (for COUNTS)."""
         platform = self.platform
         try:
             result = entry.handler(self, call)
@@ -171,16 +188,16 @@ class Kernel(PtraceStops):
             if (DEBUG and e.errno not in (errno.ENOENT, errno.EAGAIN)) or DEBUG == "all":
                 traceback.print_exc(file=sys.stderr)
             platform.respond(n.id, -e.errno)
-            return
+            return errno.errorcode.get(e.errno, "?")
         except OSError as e:
             if DEBUG:  # a host call failed inside a handler: show where
                 traceback.print_exc(file=sys.stderr)
             platform.respond(n.id, -(e.errno or errno.EIO))
-            return
+            return errno.errorcode.get(e.errno or errno.EIO, "?")
         except Exception:
             self.report_bug(entry.name if entry else str(n.nr))
             platform.respond(n.id, -errno.EIO)
-            return
+            return "bug"
         if result is CONTINUE:
             platform.respond_continue(n.id)
         elif result is DEFERRED:

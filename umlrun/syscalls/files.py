@@ -13,7 +13,7 @@ import stat
 
 from hostfs.devpts import PTMX_RDEV
 from hostfs.ownership import SETID_BITS
-from hostfs.pathwalk import MAGIC_MOUNT, prepare_create, prepare_write
+from hostfs.pathwalk import MAGIC_MOUNT, WalkError, prepare_create, prepare_write
 from hostfs.procfs import hold_guest_fd
 from sysemu._sysemu import ffi, lib
 from umlrun.call import Call, InstallFd, SysError
@@ -147,9 +147,14 @@ def lookup(k, call: Call, dirfd: int, path: bytes, *, follow: bool = True, must_
         root, base = base, base
         if not relative:
             path = path.lstrip(b"/") or b"."
-    return k.vfs.walk(path, base=base, root=root, follow=follow, must_exist=must_exist,
-                      may_search=may_search(call), no_symlinks=bool(resolve & RESOLVE_NO_SYMLINKS),
-                      beneath=bool(resolve & RESOLVE_BENEATH), caller=proc)
+    try:
+        return k.vfs.walk(path, base=base, root=root, follow=follow, must_exist=must_exist,
+                          may_search=may_search(call), no_symlinks=bool(resolve & RESOLVE_NO_SYMLINKS),
+                          beneath=bool(resolve & RESOLVE_BENEATH), caller=proc)
+    except WalkError as e:
+        if e.absent is not None and not resolve:  # the C loop may answer its ENOENT next time
+            k.fast.remember_absent(call, dirfd, path, follow, e.absent)
+        raise
 
 
 def check_writable(d) -> None:
@@ -414,6 +419,7 @@ def do_access(k, c: Call, dirfd: int, path: bytes, mode: int, flags: int) -> int
         path = b"."
     with lookup(k, c, dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW) as d:
         st = d.st
+        k.fast.remember(c, dirfd, path, not flags & AT_SYMLINK_NOFOLLOW, d)
         if mode & os.W_OK:
             check_data_writable(d)
         cred = c.proc.cred

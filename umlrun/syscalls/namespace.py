@@ -142,12 +142,14 @@ def do_rmdir(k, c: Call, dirfd: int, path: bytes) -> int:
 
 
 def do_unlink(k, c: Call, dirfd: int, path: bytes) -> int:
+    k.fast.unlinking(None)  # what the C loop may keep (umlrun/fastpath.py): nothing removed yet
     with _doomed(k, c, dirfd, path) as d:
         if path.endswith(b"/"):
             raise SysError(errno.EISDIR if stat.S_ISDIR(d.st.st_mode) else errno.ENOTDIR)
         _removable(k, d)
         if stat.S_ISDIR(d.st.st_mode):
             raise SysError(errno.EISDIR)
+        k.fast.unlinking(d)
         remove(d, is_dir=False)
         d.mount.store.unlinked(d.st)
     return 0
