@@ -16,4 +16,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e '.[test]'
+# The `umlrun` command is a small C launcher (sysemu/launcher.c): it hands `umlrun run`
+# to the resident server when one runs (umlrun server start), else runs the Python CLI.
+gcc -O2 -o .venv/bin/umlrun.new sysemu/launcher.c && mv .venv/bin/umlrun.new .venv/bin/umlrun
 echo "umlrun is ready: .venv/bin/umlrun"

@@ -8,6 +8,7 @@ Nothing here asserts a timing: the tests check the logic only.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -109,9 +110,31 @@ def find_runners(which=shutil.which, euid: int | None = None, env=None, home: Pa
                if runsc else Runner("gvisor", missing="runsc is not installed"))
     umlrun = [*umlrun_command(executable), "run"]
     jail = ("-r", "{tree}", "--")
+    # umlrun through its resident server (the bench starts one: resident_server), and
+    # without it: the start every jail pays when no server runs (start-up table only).
     out.append(Runner("umlrun", prefix=umlrun, root=jail))
+    out.append(Runner("umlrun-cold", prefix=["env", f"{NO_SERVER}=1", *umlrun], root=jail))
     out.append(Runner("umlrun-trace-all", prefix=[*umlrun, "--trace-all"], root=jail))
     return out
+
+
+NO_SERVER = "UMLRUN_NO_SERVER"   # the launcher then starts the jail in place
+STARTUP_ONLY = ("umlrun-cold",)  # runners measured in the start-up table only
+
+
+@contextlib.contextmanager
+def resident_server(executable: str = sys.executable):
+    """A umlrun server for the bench's duration: the one running, or one started
+    here and stopped at the end."""
+    def server(action: str) -> subprocess.CompletedProcess:
+        return subprocess.run([executable, "-m", "umlrun", "server", action], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=120)
+    started = server("status").returncode != 0 and server("start").returncode == 0
+    try:
+        yield
+    finally:
+        if started:
+            server("stop")
 
 
 def check_accelerated(runner: Runner, tree: Path, run=subprocess.run) -> None:
@@ -460,16 +483,19 @@ def main_bench(args) -> int:
         if r.missing:
             console.print(f"[yellow]{r.name}: missing ({r.missing})[/]", highlight=False)
 
-    def progress(rnd, w, r, took):
-        shown = f"{took:.3f} s" if isinstance(took, float) else took
-        console.print(f"round {rnd + 1}/{rounds} {w.name:<11} {r.name:<17} {shown}", highlight=False)
-    results = run(chosen, runners, trees, rounds, progress=progress)
-
     def startup_progress(rnd, r, took):
         if rnd == 0 or isinstance(took, str):
             shown = f"{took * 1000:.1f} ms" if isinstance(took, float) else took
             console.print(f"start-up {rnd + 1}/{STARTUP_ROUNDS} {r.name:<17} {shown}", highlight=False)
-    startup = run_startup(runners, trees["busybox"], progress=startup_progress)
+
+    def progress(rnd, w, r, took):
+        shown = f"{took:.3f} s" if isinstance(took, float) else took
+        console.print(f"round {rnd + 1}/{rounds} {w.name:<11} {r.name:<17} {shown}", highlight=False)
+    with resident_server():
+        results = run(chosen, [r for r in runners if r.name not in STARTUP_ONLY], trees, rounds,
+                      progress=progress)
+        startup = run_startup(runners, trees["busybox"], progress=startup_progress)
+
     calls = None
     if not args.only:  # one call against this machine's trap floor, in the same run
         import tempfile
@@ -482,11 +508,12 @@ def main_bench(args) -> int:
                               build_floor(Path(tmp)), rounds, progress=call_progress, probes=calls_probes)
     memory = None
     if not args.only:
-        umlrun = next((r for r in runners if r.name == "umlrun"), None)
+        # The supervisor in place (no server), so that the process measured is it.
+        umlrun = next((r for r in runners if r.name == "umlrun-cold"), None)
         if umlrun is not None and not umlrun.missing:
             tree = trees.get("debian-dev") or rootfs.ensure("debian-dev", console=console)
             memory = peak_rss(umlrun.argv(tree, BUILD_50))
-    show(table(results, runners), f"{machine()} - {rounds} rounds, medians (ratio to native)",
+    show(table(results, [r for r in runners if r.name not in STARTUP_ONLY]), f"{machine()} - {rounds} rounds, medians (ratio to native)",
          f"Machine: {machine()}; {rounds} rounds, interleaved; median wall time (ratio to native); "
          f"the last column is umlrun's time over upstream PRoot's.", args.markdown)
     show(startup_table(startup, runners), f"Start-up: RUNNER /bin/true in the busybox tree, "

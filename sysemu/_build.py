@@ -64,9 +64,9 @@ int sysemu_exec_ready(int tid, const uint64_t *key, int hostfd, int planned, con
                       int bloblen, int nlit, int argv0_at);
 long sysemu_syscall6(long nr, long a, long b, long c, long d, long e, long f);
 
-int sysemu_child_exec(const char *path, char *const argv[], char *const envp[],
-                      int gate_fd, int sock_fd, const void *bpf, int bpf_len,
-                      int drop_uid, int drop_gid, const char *cwd);
+int sysemu_spawn(const char *path, char *const argv[], char *const envp[], int gate_fd, int sock_fd,
+                 int close1, int close2, const void *bpf, int bpf_len, int drop_uid, int drop_gid,
+                 const char *cwd);
 """
 
 ffibuilder = FFI()

@@ -38,10 +38,6 @@ WALL = 0x40000000
 OPTIONS = (PTRACE_O_EXITKILL | PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK
            | PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESECCOMP)
 
-# Signals the supervisor may have ignored; the guest starts with them at default.
-_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP,
-                  signal.SIGTTOU, signal.SIGTTIN, signal.SIGHUP, signal.SIGTERM)
-
 
 class GuestFault(Exception):
     """A guest pointer or pid the host refused: carries the errno for the guest."""
@@ -79,18 +75,15 @@ class Platform:
         bpf = ffi.from_buffer(self.bpf)
         gate_r, gate_w = os.pipe()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        pid = os.fork()
-        if pid == 0:  # the child: nothing but C from here on
-            try:
-                os.close(gate_w)
-                ours.close()
-                for sig in _RESET_SIGNALS:
-                    signal.signal(sig, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_SETMASK, [])
-                lib.sysemu_child_exec(c_path, c_argv, c_envp, gate_r, theirs.fileno(), bpf, len(self.bpf),
-                                      drop_uid, drop_gid, c_cwd)
-            finally:
-                os._exit(126)
+        pid = lib.sysemu_spawn(c_path, c_argv, c_envp, gate_r, theirs.fileno(), gate_w, ours.fileno(), bpf,
+                               len(self.bpf), drop_uid, drop_gid, c_cwd)
+        if pid < 0:
+            for fd in (gate_r, gate_w):
+                os.close(fd)
+            ours.close()
+            theirs.close()
+            raise OSError(-pid, f"cannot start the guest: {os.strerror(-pid)}")
+        self._spawn_keep = keep, c_argv, c_envp, c_path, c_cwd, bpf  # the child reads them until its exec
         os.close(gate_r)
         theirs.close()
         try:

@@ -20,7 +20,9 @@ runs the jail in place, with its own credentials.
 """
 from __future__ import annotations
 
+import _signal
 import array
+import gc
 import os
 import select
 import signal
@@ -36,6 +38,9 @@ MAGIC = b"UMLRUN-RUN-1\0"
 MAX_MSG = 192 * 1024
 NFDS = 4                   # stdin, stdout, stderr, the working directory
 DEFAULT_IDLE = 3600        # seconds without a request before the server exits
+TAKEN, DONE, STOP = b"t", b"d", b"s"   # what a spare tells the server
+SPARE_DELAY = 0.1          # seconds: the longest a taken spare's replacement waits
+SPARES = 2                 # loaded supervisors waiting for a request
 SO_PEERGROUPS = 59         # <asm-generic/socket.h>; not exported by the socket module
 
 
@@ -102,7 +107,8 @@ class Server:
         self.idle = idle
         self.path = socket_path()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        self.next_runtime: str | None = None
+        self.news_w = -1  # the spares' pipe to the server: TAKEN, DONE, STOP
+        self.ino = -1     # the socket file's, once listening
 
     def listen(self) -> None:
         """Bound under a temporary name and renamed: a launcher never meets a
@@ -118,6 +124,7 @@ class Server:
             os.unlink(tmp)
             raise OSError(f"a umlrun server already runs for this user ({self.path})")
         os.rename(tmp, self.path)
+        self.ino = os.stat(self.path).st_ino
 
     def preload(self) -> None:
         """Everything a jail's start imports and builds that does not depend on the request."""
@@ -138,46 +145,95 @@ class Server:
             net_tap.apply(t, net)
             compile_filter(t)
         table.build_ahead()
+        # Out of the collector's sight: a spare's collections would write to (and
+        # so copy) every page of the server's heap.
+        gc.freeze()
 
     def serve(self) -> None:
+        """Keep one spare: a child of this process, loaded, its runtime directory
+        made, waiting in accept(). The spare that takes a `run` request becomes
+        that jail's supervisor and says so (TAKEN) at once; the next spare is
+        forked then, while the jail runs. So no request waits for a fork."""
         from umlrun.jail import make_runtime
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        news, self.news_w = os.pipe()
+        spares: set[int] = set()  # waiting in accept()
+        due = 0.0                 # when the next spare may be forked
         try:
             last = time.monotonic()
             while True:
-                if self.next_runtime is None:
-                    self.next_runtime = make_runtime()
+                if len(spares) < SPARES and time.monotonic() >= due:
+                    spares.add(self._fork_spare(make_runtime()))
+                    continue
                 self._reap()
-                ready, _, _ = select.select([self.sock], [], [], 1.0)
+                wait = 1.0 if len(spares) == SPARES else max(0.0, due - time.monotonic())
+                ready, _, _ = select.select([news], [], [], wait)
                 if not ready:
                     if time.monotonic() - last > self.idle:
                         return
                     continue
-                last = time.monotonic()
-                try:
-                    conn, _ = self.sock.accept()
-                except OSError:
-                    continue
-                with conn:
-                    try:
-                        if self.handle(conn) == "stop":
-                            return
-                    except Exception as e:  # a bad request costs that request, never the server
-                        sys.stderr.write(f"umlrun server: {type(e).__name__}: {e}\n")
+                data = os.read(news, 4096)
+                for i in range(0, len(data) - 4, 5):
+                    kind, pid = data[i:i + 1], int.from_bytes(data[i + 1:i + 5], "little")
+                    if kind == TAKEN:
+                        # A replacement once a jail has ended, or SPARE_DELAY from now:
+                        # the fork of a loaded server would otherwise take a CPU from
+                        # the jail just started.
+                        spares.discard(pid)
+                        last, due = time.monotonic(), time.monotonic() + SPARE_DELAY
+                    elif kind == DONE:
+                        due = 0.0
+                    elif kind == STOP:
+                        return
         finally:
+            for pid in spares:
+                os.kill(pid, signal.SIGKILL)
             self.close()
+
+    def tell(self, kind: bytes) -> None:
+        """A spare's news for the server: one write of 5 bytes (atomic on a pipe)."""
+        os.write(self.news_w, kind + os.getpid().to_bytes(4, "little"))
+
+    def _fork_spare(self, runtime: str) -> int:
+        pid = os.fork()
+        if pid:
+            return pid
+        code = 1
+        try:
+            from umlrun import jail
+            jail.NEXT_RUNTIME = runtime
+            # Python writes to every object it touches (reference counts): a
+            # collection now takes most of the copy-on-write faults a jail's
+            # start would take, before the request.
+            gc.unfreeze()
+            gc.collect()
+            while True:
+                conn, _ = self.sock.accept()
+                with conn:
+                    request = self.handle(conn)
+                    if request is not None:
+                        code = child(conn, *request, done=lambda: self.tell(DONE))
+                        break
+        except BaseException:  # a bug: shown where the user sees it (stderr is theirs once taken)
+            import traceback
+            traceback.print_exc()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
 
     def close(self) -> None:
         import shutil
+
+        from umlrun import jail
         try:
-            if os.stat(self.path).st_ino == os.fstat(self.sock.fileno()).st_ino:
+            if os.stat(self.path).st_ino == self.ino:  # not a newer server's
                 os.unlink(self.path)
         except OSError:
             pass
         self.sock.close()
-        if self.next_runtime:
-            shutil.rmtree(self.next_runtime, ignore_errors=True)
+        if jail.NEXT_RUNTIME:
+            shutil.rmtree(jail.NEXT_RUNTIME, ignore_errors=True)
 
     @staticmethod
     def _reap() -> None:
@@ -189,7 +245,9 @@ class Server:
             if pid == 0:
                 return
 
-    def handle(self, conn: socket.socket) -> str | None:
+    def handle(self, conn: socket.socket) -> tuple | None:
+        """In the spare: answer status and stop; a trusted `run` request is
+        taken, (fds, request) returned, the server told."""
         try:
             data, fds, _flags, _addr = socket.recv_fds(conn, MAX_MSG, NFDS)
         except OSError:
@@ -197,43 +255,35 @@ class Server:
         try:
             if data in (b"stop", b"status"):
                 if trusted_peer(conn):
-                    conn.send(f"server {os.getpid()}".encode())
-                    return "stop" if data == b"stop" else None
+                    conn.send(f"server {os.getppid()}".encode())
+                    if data == b"stop":
+                        self.tell(STOP)
                 return None
             if len(fds) != NFDS or not trusted_peer(conn):
                 conn.send(b"no")
                 return None
             request = parse_request(data)
-            runtime, self.next_runtime = self.next_runtime, None
-            pid = os.fork()
-            if pid == 0:
-                self.sock.close()
-                code = 1
-                try:
-                    code = child(conn, fds, request, runtime)
-                except BaseException:  # a bug: shown where the user sees it
-                    import traceback
-                    traceback.print_exc()
-                    sys.stderr.flush()
-                finally:
-                    os._exit(code)
-            conn.send(f"pid {pid}".encode())
+            self.tell(TAKEN)
+            self.sock.close()
+            conn.send(f"pid {os.getpid()}".encode())
+            taken, fds = fds, []
+            return taken, request
         except (OSError, ValueError):
             try:
                 conn.send(b"no")
             except OSError:
                 pass
+            return None
         finally:
             for fd in fds:
                 os.close(fd)
-        return None
 
 
-def child(conn: socket.socket, fds: list[int], request, runtime: str | None) -> int:
+def child(conn: socket.socket, fds: list[int], request, done=None) -> int:
     """The jail's supervisor: the launcher's descriptors, directory, umask, limits
     and environment, then `umlrun run` as in place. The exit status goes to the
     launcher as soon as the jail has ended, before its directories are removed."""
-    from umlrun import cli, jail
+    from umlrun import cli
     umask, limits, argv, env = request
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
@@ -249,7 +299,6 @@ def child(conn: socket.socket, fds: list[int], request, runtime: str | None) -> 
             pass  # above the server's own hard limit: the server's stays
     os.environ.clear()
     os.environ.update(env)
-    jail.NEXT_RUNTIME = runtime
     reported: list[int] = []
     watch_launcher(conn, reported)
 
@@ -258,6 +307,8 @@ def child(conn: socket.socket, fds: list[int], request, runtime: str | None) -> 
             stream.flush()
         reported.append(status)
         conn.send(f"exit {status}".encode())
+        if done is not None:
+            done()
     try:
         code = cli.main(argv[1:], report=report)
     except SystemExit as e:  # argparse's errors
@@ -285,11 +336,12 @@ def watch_launcher(conn: socket.socket, reported: list) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
     # With every signal blocked, as the supervisor's threads are: SIGCHLD must
     # reach the event loop's signalfd, never this thread.
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    # (_signal's calls: the signal module's make ~120 Signal enums, 0.5 ms.)
+    old = _signal.pthread_sigmask(_signal.SIG_BLOCK, _signal.valid_signals())
     try:
         threading.Thread(target=wait, daemon=True, name="launcher").start()
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
 
 
 # ---- the commands -------------------------------------------------------------------
