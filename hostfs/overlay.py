@@ -267,12 +267,15 @@ class OverlayFS:
         path = os.path.join(self.merged_dir, hashlib.sha1(b"/".join(guest_rel)).hexdigest().encode())
         os.makedirs(path, exist_ok=True)
         want = self.names(h)
-        for name in os.listdir(path):
-            if want.get(name) is None:
+        # One listing of the placeholder, not a stat per name: a directory of
+        # thousands (/usr/bin, dpkg's info) is listed again at every change.
+        have = dict(_scan_path(path))
+        for name, kind in have.items():
+            if want.get(name) != kind:
                 _remove(os.path.join(path, name))
         for name, kind in want.items():
             p = os.path.join(path, name)
-            if os.path.lexists(p):
+            if have.get(name) == kind:
                 continue
             if kind == stat.S_IFDIR:
                 os.mkdir(p)
@@ -290,13 +293,18 @@ class OverlayFS:
 def _scan(fd: int):
     dup = os.open(b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
     try:
-        with os.scandir(dup) as it:
-            for e in it:
-                kind = (stat.S_IFDIR if e.is_dir(follow_symlinks=False) else
-                        stat.S_IFLNK if e.is_symlink() else stat.S_IFREG)
-                yield os.fsencode(e.name), kind
+        yield from _scan_path(dup)
     finally:
         os.close(dup)
+
+
+def _scan_path(where):
+    """(name, kind) of each entry: a directory, a symlink or anything else (a file)."""
+    with os.scandir(where) as it:
+        for e in it:
+            kind = (stat.S_IFDIR if e.is_dir(follow_symlinks=False) else
+                    stat.S_IFLNK if e.is_symlink() else stat.S_IFREG)
+            yield os.fsencode(e.name), kind
 
 
 def _remove(path: bytes) -> None:

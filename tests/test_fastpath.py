@@ -89,3 +89,18 @@ def test_creating_in_a_lower_directory_and_changing_attributes(busybox_root):
                "echo again > group && cat group && rm sub/l && (readlink sub/l || echo unlinked)")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["hi", "1", "f", "7", "0", "f", "x", "gone", "again", "unlinked"]
+
+
+RENAMES = ("mkdir -p D/a/b && echo x > D/a/b/f && cat D/a/b/f && mv D/a/b/f D/a/b/g && cat D/a/b/g; "
+           "[ -e D/a/b/f ] || echo f-gone; ln -s b D/a/l && mv D/a/l D/a/m && cat D/a/m/g; "
+           "mv D/a D/c && cat D/c/b/g D/c/m/g; [ -e D/a/b/g ] || echo a-gone; "
+           "echo y > D/c/b/f && mv D/c/b/f D/c/b/g && cat D/c/m/g")
+
+
+def test_renames_seen_at_once_by_later_walks(busybox_root, tmp_path):
+    """A renamed file keeps the directory cache (a renamed directory empties it):
+    every name reached afterwards, through a symlink too, is what Linux shows."""
+    want = subprocess.run(["sh", "-c", RENAMES.replace("D/", f"{tmp_path}/")], capture_output=True, text=True)
+    got = umlrun("run", "-r", busybox_root, "--", "sh", "-c", RENAMES.replace("D/", "/t/"))
+    assert want.returncode == got.returncode == 0, (want.stderr, got.stderr)
+    assert got.stdout == want.stdout == "x\nx\nf-gone\nx\nx\nx\na-gone\ny\n"

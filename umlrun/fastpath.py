@@ -72,6 +72,8 @@ KEEPS_DIRS = frozenset("""
     unlink
 """.split())
 AT_REMOVEDIR = 0x200
+RENAMES = frozenset(("rename", "renameat", "renameat2"))
+RENAME_EXCHANGE = 2
 STOP_SET_TID_ADDRESS, STOP_WAIT4, STOP_SIGCHLD, STOP_EXIT_FIX, STOP_START, STOP_EXEC = 1, 2, 4, 8, 16, 32  # stops.c
 STOP_EXEC_FINISH, STOP_IDS = 64, 128
 EXEC_EVENT, EXEC_FINISHED, EXEC_INSTALLED = 0, 1, 2  # stops.c's exec log
@@ -96,6 +98,7 @@ class FastPath:
         self.copy_ups = OverlayFS.copy_ups
         self.store_changes = OwnershipStore.changes
         self.unlinked = UNLINK_UNKNOWN
+        self.renamed_file = False  # what the rename handler said it moved (renaming())
         lib.sysemu_fast_enable(int(self.enabled), own_u[0], own_u[-1], own_g[0], own_g[-1])
         lib.sysemu_fast_own_range(*getattr(kernel.own_uids, "range", (0, 0, 0xFFFFFFFF)))
         self.stops = self._stops_mask() if self.enabled else 0
@@ -212,8 +215,9 @@ class FastPath:
         unlinks_file = name == "unlink" or (name == "unlinkat" and not call.args[2] & AT_REMOVEDIR)
         pure = (name in PURE_CALLS or (unlinks_file and self.unlinked != UNLINK_UNKNOWN)
                 or (name == "ioctl" and call.args[1] & 0xFFFFFFFF in PID_IOCTLS))
-        keeps_dirs = not pure and (name in KEEPS_DIRS or unlinks_file)
-        self.unlinked = UNLINK_UNKNOWN
+        keeps_dirs = not pure and (name in KEEPS_DIRS or unlinks_file
+                                   or (name in RENAMES and self.renamed_file))
+        self.unlinked, self.renamed_file = UNLINK_UNKNOWN, False
         store_changed = OwnershipStore.changes != self.store_changes
         self.store_changes = OwnershipStore.changes
         if OverlayFS.copy_ups != self.copy_ups or not (pure or keeps_dirs):
@@ -283,6 +287,13 @@ class FastPath:
         host = parent.rstrip(b"/") + b"/" + d.name
         lib.sysemu_fast_remember(key, len(key), int(follow), host, st.st_dev, st.st_ino, *owner,
                                  int(stat.S_ISREG(st.st_mode)))
+
+    def renaming(self, src, flags: int) -> None:
+        """The rename handler, once it found its source: a file moved (never a
+        directory, nor an exchange that may move one) leaves every directory
+        where it was. (A whiteout or a copy-up it makes counts as a copy-up.)"""
+        self.renamed_file = bool(src.exists and not src.magic and not stat.S_ISDIR(src.st.st_mode)
+                                 and not flags & RENAME_EXCHANGE)
 
     def unlinking(self, d) -> None:
         """The unlink handler, before it removes d (None: before its lookup, nothing

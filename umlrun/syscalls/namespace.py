@@ -192,6 +192,7 @@ def do_rename(k, c: Call, olddir: int, old: bytes, newdir: int, new: bytes, flag
         raise SysError(errno.EBUSY)
     with _doomed(k, c, olddir, old) as src, \
             lookup(k, c, newdir, new, follow=False, must_exist=False) as dst:
+        k.fast.renaming(src, flags)
         if src.mount is not dst.mount:
             raise SysError(errno.EXDEV)
         _removable(k, src)
