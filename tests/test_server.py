@@ -157,3 +157,13 @@ def test_bad_requests_cost_nothing_and_no_server_means_in_place(launcher, server
     r = run(launcher, server, "-r", busybox_root, "--", "true")
     assert r.returncode == 0, r.stderr
     os.unlink(sock)
+
+
+def test_the_guest_holds_only_its_standard_descriptors(launcher, server, busybox_root):
+    """Nothing of the launcher's request (its working directory is a host directory)
+    nor of the server reaches the guest: the same descriptors as in place."""
+    argv = ("-r", busybox_root, "--", "ls", "/proc/self/fd")
+    via_server = run(launcher, server, *argv)
+    in_place = run(launcher, {**server, "UMLRUN_NO_SERVER": "1"}, *argv)
+    assert via_server.returncode == in_place.returncode == 0, (via_server.stderr, in_place.stderr)
+    assert via_server.stdout.split() == in_place.stdout.split() == ["0", "1", "2"]

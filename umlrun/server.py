@@ -145,15 +145,16 @@ class Server:
             net_tap.apply(t, net)
             compile_filter(t)
         table.build_ahead()
-        # Out of the collector's sight: a spare's collections would write to (and
-        # so copy) every page of the server's heap.
+        # The server's own collections never walk (and touch) this heap again; each
+        # spare walks it once, on purpose (_fork_spare).
         gc.freeze()
 
     def serve(self) -> None:
-        """Keep one spare: a child of this process, loaded, its runtime directory
-        made, waiting in accept(). The spare that takes a `run` request becomes
-        that jail's supervisor and says so (TAKEN) at once; the next spare is
-        forked then, while the jail runs. So no request waits for a fork."""
+        """Keep SPARES spares: children of this process, loaded, each with its
+        runtime directory made, waiting in accept(). The spare that takes a `run`
+        request becomes that jail's supervisor and says so (TAKEN) at once; its
+        replacement is forked when that jail ends (DONE) or SPARE_DELAY later.
+        So no request waits for a fork."""
         from umlrun.jail import make_runtime
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -249,7 +250,9 @@ class Server:
         """In the spare: answer status and stop; a trusted `run` request is
         taken, (fds, request) returned, the server told."""
         try:
-            data, fds, _flags, _addr = socket.recv_fds(conn, MAX_MSG, NFDS)
+            # Close-on-exec: only their copies at 0, 1, 2 may reach the guest (the
+            # working directory's descriptor is a host directory).
+            data, fds, _flags, _addr = socket.recv_fds(conn, MAX_MSG, NFDS, socket.MSG_CMSG_CLOEXEC)
         except OSError:
             return None
         try:
@@ -291,6 +294,9 @@ def child(conn: socket.socket, fds: list[int], request, done=None) -> int:
     for target, fd in enumerate(fds[:3]):
         os.dup2(fd, target)
     os.fchdir(fds[3])
+    for fd in fds:
+        if fd > 2:
+            os.close(fd)
     os.umask(umask)
     for resource, soft, hard in limits:
         try:
