@@ -55,7 +55,7 @@ void sysemu_pid_unmap(int host);
 int sysemu_stops_fix_exit(int tid);
 unsigned long sysemu_stops_answered(void);
 int sysemu_stops_start(int tid, uint64_t settid);
-void sysemu_stops_exec(int tid);
+void sysemu_stops_exec(int tid, uint64_t dev, uint64_t ino);
 int sysemu_exec_log_take(int *out, int max);
 int sysemu_exec_logged(void);
 void sysemu_fast_execd(int tid);

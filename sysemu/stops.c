@@ -31,6 +31,7 @@ struct pid_entry {
     int start;   /* a new task whose parent's fork event Python handled: resume its first stop */
     uint64_t settid; /* ... writing its guest pid there first (CLONE_CHILD_SETTID) */
     int exec;    /* an exec Python prepared: its exec event is only bookkeeping (exec_log) */
+    uint64_t img_dev, img_ino; /* ... once the new image is checked to be this file (exec_is_ours) */
     struct exec_ready *ready; /* an exec past its step 1 (umlrun/syscalls/exec.py): C makes steps 2, 3 */
     uint64_t cred_gen;        /* the ids below hold while fast_gen is this (any revoke ends them) */
     unsigned int ruid, euid, rgid, egid;
@@ -43,6 +44,7 @@ struct pid_entry {
  * then the guest's argv[1:]. */
 struct exec_ready {
     uint64_t key[6];
+    uint64_t img_dev, img_ino; /* the program's file: what the exec must run */
     int hostfd;    /* step 2's to install (C's own copy), -1 once installed */
     int guestfd;   /* -1 until step 2 is made */
     int planned;   /* 0: argv stays the guest's */
@@ -125,7 +127,13 @@ static int sysemu_exec_ready(int tid, const uint64_t *key, int hostfd, int plann
     struct exec_ready *x = malloc(sizeof *x + bloblen);
     if (x == NULL)
         return 0;
+    struct stat st;
+    if (fstat(hostfd, &st) < 0) {
+        free(x);
+        return 0;
+    }
     memcpy(x->key, key, sizeof x->key);
+    x->img_dev = st.st_dev, x->img_ino = st.st_ino;
     x->hostfd = hostfd, x->guestfd = -1;
     x->planned = planned, x->nlit = nlit, x->argv0_at = argv0_at, x->bloblen = bloblen;
     memcpy(x->blob, blob, bloblen);
@@ -206,11 +214,22 @@ static int sysemu_stops_start(int tid, uint64_t settid)
 
 /* The exec this task is about to make was prepared by Python: C may resume its
  * exec event and log it. */
-static void sysemu_stops_exec(int tid)
+static void sysemu_stops_exec(int tid, uint64_t dev, uint64_t ino)
 {
     struct pid_entry *e = pid_slot(tid, 0);
     if (e != NULL && (stops_mask & STOP_EXEC))
-        e->exec = 1;
+        e->exec = 1, e->img_dev = dev, e->img_ino = ino;
+}
+
+/* At an exec event: is the new image the file step 1 opened? The last step's
+ * "" is in guest memory until the kernel reads it: another thread of the guest
+ * may have written a host path over it. */
+static int exec_is_ours(int pid, const struct pid_entry *e)
+{
+    char path[32];
+    struct stat st;
+    snprintf(path, sizeof path, "/proc/%d/exe", pid);
+    return stat(path, &st) == 0 && (uint64_t)st.st_dev == e->img_dev && (uint64_t)st.st_ino == e->img_ino;
 }
 
 /* The logged exec stops (at most max), oldest first, as tid, kind, fd triples;
@@ -410,6 +429,8 @@ static int stop_answer(int pid, int status)
         e->exec = 0;
         if (ptrace(PTRACE_GETEVENTMSG, pid, 0, &former) < 0 || (int)former != pid)
             return 0; /* a thread that took over its leader's pid: Python's */
+        if (!exec_is_ours(pid, e))
+            return 0; /* Python kills it (umlrun/stops.py on_exec) */
         sysemu_fast_execd(pid);
         exec_log[exec_logged++] = (struct exec_logged){pid, LOG_EXECED, 0};
         ptrace(PTRACE_CONT, pid, 0, 0);
@@ -430,7 +451,7 @@ static int stop_answer(int pid, int status)
             if (!done)
                 return 0;
             if (stops_mask & STOP_EXEC)
-                e->exec = 1;
+                e->exec = 1, e->img_dev = x->img_dev, e->img_ino = x->img_ino;
             ptrace(PTRACE_CONT, pid, 0, 0);
             stops_answered++;
             return 1;

@@ -8,9 +8,11 @@ exit_group, a non-dumpable process and bad or racing memory given to the
 calls handled at ptrace stops leave the supervisor alive.
 """
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -213,3 +215,24 @@ def test_a_stop_handler_bug_costs_that_task(busybox_root):
     assert r.returncode == 0 and r.stdout == "status 137\n", r.stderr
     assert r.stderr.count("internal error while emulating a ptrace stop of task") == 1, r.stderr
     assert "(that task was killed)" in r.stderr
+
+
+@pytest.mark.parametrize("mode", [(), ("--trace-all",)], ids=["fast", "trace-all"])
+def test_exec_runs_only_the_program_the_guest_vfs_opened(busybox_root, probe_dir, tmp_path, mode):
+    """An exec's last step is execveat(fd, "", ...) with the "" in guest memory:
+    another guest thread writing a host path over it must not get a host
+    program run (before the check at the exec event: 1 in ~150 rounds here)."""
+    src = tmp_path / "hostonly.c"
+    src.write_text("int main(void) { return 42; }\n")
+    # A short path: the probe's thread then writes it over the "" often enough.
+    short = tempfile.mkdtemp(prefix="x", dir="/tmp")
+    try:
+        host_only = os.path.join(short, "h")
+        subprocess.run(["gcc", "-static", "-o", host_only, str(src)], check=True)
+        os.chmod(short, 0o755)
+        rounds = 1500 if not mode else 300
+        r = umlrun("run", *mode, "-r", busybox_root, "-b", f"{probe_dir}:/probes:ro", "--",
+                   "/probes/execrace", host_only, rounds, timeout=300)
+    finally:
+        shutil.rmtree(short)
+    assert (r.returncode, r.stdout) == (0, f"no escape in {rounds} rounds\n"), r.stderr

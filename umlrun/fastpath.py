@@ -171,7 +171,7 @@ class FastPath:
         """The exec this task is making was prepared here: C may resume its exec
         event, and Python does the bookkeeping later (take_execs)."""
         if proc.at_exit is None and not proc.reexec:
-            lib.sysemu_stops_exec(proc.tid)
+            lib.sysemu_stops_exec(proc.tid, *proc.extra["next_image"])
 
     def take_execs(self) -> list[tuple[int, int, int]]:
         """(tid, kind, fd) for each exec stop C took since the last call, in order:

@@ -244,8 +244,27 @@ class PtraceStops:
             if old is not None and proc is not None:
                 proc.cred = old.cred
                 self.fast.new_task(proc)  # C's ids of the leader's pid: the thread's now
+                for name in ("next_image", "next_exe", "next_comm"):  # what the thread's exec prepared
+                    proc.extra[name] = old.extra.get(name)
+        if not self.exec_is_ours(pid, proc):
+            self.kill_task(pid)
+            return
         self.exec_done(pid, proc)
         self.resume(pid, proc)
+
+    @staticmethod
+    def exec_is_ours(pid: int, proc: Process | None) -> bool:
+        """Is the new image the file the exec's first step opened? Its last step's
+        "" is in guest memory until the kernel reads it, and another thread of
+        the guest may have written a host path over it (C checks the same)."""
+        image = proc.extra.get("next_image") if proc is not None else None
+        if image is None:
+            return True
+        try:
+            st = os.stat(f"/proc/{pid}/exe")
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == image
 
     def execs_in_c(self) -> None:
         """The exec stops the C loop took since the last event, in order: an
@@ -268,6 +287,7 @@ class PtraceStops:
             proc.extra.pop("dumpable", None)  # a new image is dumpable again (umlrun/syscalls/tasks.py)
             proc.extra["exe"] = proc.extra.pop("next_exe", None)
             proc.extra["comm"] = proc.extra.pop("next_comm", None)
+            proc.extra.pop("next_image", None)
 
     def on_seccomp_stop(self, pid: int, proc: Process | None) -> None:
         platform = self.platform

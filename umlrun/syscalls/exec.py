@@ -43,11 +43,13 @@ RED_ZONE = 128
 
 
 class PreparedExec:
-    __slots__ = ("key", "hostfd", "guestfd", "plan", "program", "comm")
+    __slots__ = ("key", "hostfd", "guestfd", "plan", "program", "comm", "image")
 
     def __init__(self, key, hostfd, plan, program, comm):
         self.key, self.hostfd, self.guestfd, self.plan, self.program = key, hostfd, -1, plan, program
         self.comm = comm
+        st = os.fstat(hostfd)
+        self.image = (st.st_dev, st.st_ino)  # what the exec must run (checked at its event)
 
 
 def _open_program(k, c: Call, dirfd: int, path: bytes, follow: bool):
@@ -232,6 +234,7 @@ def finished_exec(proc, prep: PreparedExec) -> None:
     # /proc/PID/exe must name the program, not the loader that runs it.
     proc.extra["next_exe"] = prep.program if prep.plan is not None else None
     proc.extra["next_comm"] = prep.comm
+    proc.extra["next_image"] = prep.image
 
 
 def _exec(k, c: Call, nr: int, dirfd: int, path_arg: int, argv: int, envp: int, flags: int):
