@@ -91,7 +91,7 @@ def build_parser() -> Parser:
                    help="only this runner besides native (repeatable): proot, proot-upstream, gvisor, umlrun, umlrun-trace-all")
     b.add_argument("--markdown", action="store_true", help="print the table as Markdown (docs/benchmarks.md)")
     sv = sub.add_parser("server", help="the resident server that starts jails in milliseconds",
-                        description="Keep one loaded supervisor per user: the umlrun launcher hands it "
+                        description="Keep loaded supervisors for this user: the umlrun launcher hands them "
                                     "'umlrun run' when no standard descriptor is a terminal.")
     sv.add_argument("action", choices=("start", "stop", "status"))
     sv.add_argument("--idle", type=_positive(float, "--idle"), default=3600, metavar="SECONDS",

@@ -370,10 +370,10 @@ def running() -> bool:
 
 
 def start(idle: float, foreground: bool = False) -> int:
-    server = Server(idle)
     try:
+        server = Server(idle)
         server.listen()
-    except OSError as e:
+    except OSError as e:  # a run directory that is not private, a second server
         sys.stderr.write(f"umlrun: {e}\n")
         return 1
     server.preload()
