@@ -1,4 +1,5 @@
 """End to end: `umlrun run` on the real busybox tree, compared with the host kernel."""
+import glob
 import os
 import pathlib
 import shutil
@@ -308,3 +309,22 @@ def test_guests_keep_their_own_cpu_affinity(busybox_root):
     out = [line.split()[-1] for line in r.stdout.splitlines()]
     assert out[0] == "0" and out[-1] == "1"
     assert len(out) == 3 and (listed is None or out[1] == listed), out
+
+
+def test_a_killed_supervisors_directories_are_swept_by_the_next_jail(busybox_root):
+    """A supervisor killed outright cannot remove its runtime directory (a
+    throwaway overlay's upper layer is in it): the next jail of the user does."""
+    p = subprocess.Popen([sys.executable, "-m", "umlrun", "run", "-r", str(busybox_root), "--",
+                          "sh", "-c", "echo data > /big; sleep 30"], cwd=REPO,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pattern = os.path.join(tempfile.gettempdir(), f"umlrun-{p.pid}-*")
+    deadline = time.monotonic() + 30
+    while not glob.glob(os.path.join(pattern, "upper", "big")):
+        assert time.monotonic() < deadline, "the jail never wrote its file"
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert glob.glob(pattern)
+    r = umlrun("run", "-r", busybox_root, "--", "true")
+    assert r.returncode == 0, r.stderr
+    assert not glob.glob(pattern)

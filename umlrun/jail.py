@@ -133,11 +133,13 @@ SKELETON = (("empty", 0o555), ("merged", 0o700), ("upper", 0o755), ("tmp", 0o177
             ("dev", 0o755), ("shm", 0o1777), ("pts", 0o755), ("sys", 0o755), ("placeholders", 0o755),
             ("abstract", 0o700))
 NEXT_RUNTIME: str | None = None  # made ahead by the server, for the next Jail of this process
+RUNTIME_PREFIX = "umlrun-"       # then the supervisor's pid, "-" and a random part
 
 
 def make_runtime() -> str:
-    """A new runtime directory with SKELETON, /dev's names and /sys's CPU files."""
-    runtime = tempfile.mkdtemp(prefix="umlrun-")
+    """A new runtime directory with SKELETON, /dev's names and /sys's CPU files,
+    named after this process (sweep_runtimes)."""
+    runtime = tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-")
     for name, mode in SKELETON:
         path = os.path.join(runtime, name)
         os.mkdir(path)
@@ -162,9 +164,38 @@ def make_runtime() -> str:
 
 
 def take_runtime() -> str:
+    """The runtime directory made ahead, renamed after this process (the
+    supervisor), else a new one."""
     global NEXT_RUNTIME
     runtime, NEXT_RUNTIME = NEXT_RUNTIME, None
-    return runtime or make_runtime()
+    if runtime is None:
+        return make_runtime()
+    head, name = os.path.split(runtime)
+    mine = os.path.join(head, f"{RUNTIME_PREFIX}{os.getpid()}-{name.rsplit('-', 1)[-1]}")
+    os.rename(runtime, mine)
+    return mine
+
+
+def sweep_runtimes() -> None:
+    """Remove the runtime directories of this user's supervisors that died
+    (killed: a throwaway overlay's upper layer is in there)."""
+    base = tempfile.gettempdir()
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(RUNTIME_PREFIX):].split("-")[0]
+        if not name.startswith(RUNTIME_PREFIX) or "-" not in name[len(RUNTIME_PREFIX):] or not pid.isdigit() \
+                or os.path.exists(f"/proc/{pid}"):
+            continue
+        path = os.path.join(base, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if st.st_uid == os.geteuid() and stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class Jail:
@@ -465,12 +496,13 @@ class Jail:
 
 def sweep_leftovers() -> None:
     """What jails of this user left behind when their supervisor was killed:
-    SysV IPC objects, /proc directories."""
+    SysV IPC objects, /proc directories, runtime directories."""
     try:
         ipc.sweep(run_dir())
     except OSError:
         pass
     procfs_sweep()
+    sweep_runtimes()
 
 
 def _killpg(pgid: int, sig: int) -> None:

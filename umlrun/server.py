@@ -25,6 +25,7 @@ import array
 import gc
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -159,13 +160,14 @@ class Server:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         news, self.news_w = os.pipe()
-        spares: set[int] = set()  # waiting in accept()
+        spares: dict[int, str] = {}  # waiting in accept(): pid -> its runtime directory
         due = 0.0                 # when the next spare may be forked
         try:
             last = time.monotonic()
             while True:
                 if len(spares) < SPARES and time.monotonic() >= due:
-                    spares.add(self._fork_spare(make_runtime()))
+                    runtime = make_runtime()
+                    spares[self._fork_spare(runtime)] = runtime
                     continue
                 self._reap()
                 wait = 1.0 if len(spares) == SPARES else max(0.0, due - time.monotonic())
@@ -181,15 +183,16 @@ class Server:
                         # A replacement once a jail has ended, or SPARE_DELAY from now:
                         # the fork of a loaded server would otherwise take a CPU from
                         # the jail just started.
-                        spares.discard(pid)
+                        spares.pop(pid, None)  # its jail removes the directory
                         last, due = time.monotonic(), time.monotonic() + SPARE_DELAY
                     elif kind == DONE:
                         due = 0.0
                     elif kind == STOP:
                         return
         finally:
-            for pid in spares:
+            for pid, runtime in spares.items():
                 os.kill(pid, signal.SIGKILL)
+                shutil.rmtree(runtime, ignore_errors=True)
             self.close()
 
     def tell(self, kind: bytes) -> None:
@@ -224,17 +227,12 @@ class Server:
             os._exit(code)
 
     def close(self) -> None:
-        import shutil
-
-        from umlrun import jail
         try:
             if os.stat(self.path).st_ino == self.ino:  # not a newer server's
                 os.unlink(self.path)
         except OSError:
             pass
         self.sock.close()
-        if jail.NEXT_RUNTIME:
-            shutil.rmtree(jail.NEXT_RUNTIME, ignore_errors=True)
 
     @staticmethod
     def _reap() -> None:
