@@ -53,15 +53,21 @@ def host_dir() -> str | None:
 
 def sweep() -> None:
     """Remove the /proc directories of this user's supervisors that died."""
+    sweep_dead(SHM_DIR, PREFIX)
+
+
+def sweep_dead(base: str, prefix: str) -> None:
+    """Remove this user's directories named PREFIX + PID + "-..." in base whose
+    process PID is gone (a supervisor killed before it could remove them)."""
     try:
-        names = os.listdir(SHM_DIR)
+        names = os.listdir(base)
     except OSError:
         return
     for name in names:
-        pid = name[len(PREFIX):].split("-")[0]
-        if not name.startswith(PREFIX) or not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
+        pid, dash, _rest = name[len(prefix):].partition("-")
+        if not name.startswith(prefix) or not dash or not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
             continue
-        path = os.path.join(SHM_DIR, name)
+        path = os.path.join(base, name)
         try:
             st = os.lstat(path)
         except OSError:

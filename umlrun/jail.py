@@ -24,7 +24,7 @@ from hostfs.mount import MountError, MountTable, join, split
 from hostfs.overlay import OverlayFS
 from hostfs.ownership import StoreError
 from hostfs.pathwalk import PathWalk, WalkError
-from hostfs.procfs import ProcFS
+from hostfs.procfs import ProcFS, sweep_dead
 from hostfs.procfs import host_dir as procfs_host_dir
 from hostfs.procfs import sweep as procfs_sweep
 from umlrun import hostids
@@ -179,23 +179,7 @@ def take_runtime() -> str:
 def sweep_runtimes() -> None:
     """Remove the runtime directories of this user's supervisors that died
     (killed: a throwaway overlay's upper layer is in there)."""
-    base = tempfile.gettempdir()
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return
-    for name in names:
-        pid = name[len(RUNTIME_PREFIX):].split("-")[0]
-        if not name.startswith(RUNTIME_PREFIX) or "-" not in name[len(RUNTIME_PREFIX):] or not pid.isdigit() \
-                or os.path.exists(f"/proc/{pid}"):
-            continue
-        path = os.path.join(base, name)
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
-        if st.st_uid == os.geteuid() and stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(path, ignore_errors=True)
+    sweep_dead(tempfile.gettempdir(), RUNTIME_PREFIX)
 
 
 class Jail:
