@@ -175,7 +175,7 @@ def cmd_server(args) -> int:
     from umlrun import server
     if args.action == "start":
         return server.start(args.idle, args.foreground)
-    answer = server.ask(args.action.encode())
+    answer = server.stop() if args.action == "stop" else server.ask(b"status")
     if answer is None:
         print("umlrun: no server runs for this user; start one with: umlrun server start")
         return 1 if args.action == "status" else 0

@@ -363,6 +363,16 @@ def ask(what: bytes) -> str | None:
         s.close()
 
 
+def stop() -> str | None:
+    """Stop the running server; returns its answer once it is gone (its socket
+    removed), or None if none runs."""
+    answer = ask(b"stop")
+    deadline = time.monotonic() + 5
+    while answer is not None and os.path.exists(socket_path()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return answer
+
+
 def running() -> bool:
     return ask(b"status") is not None
 
