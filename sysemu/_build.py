@@ -60,8 +60,8 @@ int sysemu_exec_log_take(int *out, int max);
 int sysemu_exec_logged(void);
 void sysemu_fast_execd(int tid);
 void sysemu_task_ids(int tid, unsigned int ruid, unsigned int euid, unsigned int rgid, unsigned int egid);
-int sysemu_exec_ready(int tid, const uint64_t *key, int hostfd, int planned, const char *blob,
-                      int bloblen, int nlit, int argv0_at);
+int sysemu_exec_ready(int tid, const uint64_t *key, int hostfd, uint64_t img_dev, uint64_t img_ino,
+                      int planned, const char *blob, int bloblen, int nlit, int argv0_at);
 long sysemu_syscall6(long nr, long a, long b, long c, long d, long e, long f);
 
 int sysemu_spawn(const char *path, char *const argv[], char *const envp[], int gate_fd, int sock_fd,

@@ -115,11 +115,11 @@ static void sysemu_pid_live(int host, int live)
 }
 
 /* Step 1 of this task's exec is made (Python resolved and opened the program,
- * hostfd: C's copy, which C now owns): C may make step 2 (its EXEC_FD_NR
+ * hostfd: C's copy, which C now owns; img: its device and inode): C may make step 2 (its EXEC_FD_NR
  * notification) and step 3 (at its next seccomp stop, if that stop is the exec
  * re-issued as made). Any other seccomp stop of the task drops the record. */
-static int sysemu_exec_ready(int tid, const uint64_t *key, int hostfd, int planned, const char *blob,
-                             int bloblen, int nlit, int argv0_at)
+static int sysemu_exec_ready(int tid, const uint64_t *key, int hostfd, uint64_t img_dev, uint64_t img_ino,
+                             int planned, const char *blob, int bloblen, int nlit, int argv0_at)
 {
     struct pid_entry *e = pid_slot(tid, 0);
     if (!(stops_mask & STOP_EXEC_FINISH) || e == NULL || !e->live || bloblen < 0 || bloblen > 65536)
@@ -127,13 +127,8 @@ static int sysemu_exec_ready(int tid, const uint64_t *key, int hostfd, int plann
     struct exec_ready *x = malloc(sizeof *x + bloblen);
     if (x == NULL)
         return 0;
-    struct stat st;
-    if (fstat(hostfd, &st) < 0) {
-        free(x);
-        return 0;
-    }
     memcpy(x->key, key, sizeof x->key);
-    x->img_dev = st.st_dev, x->img_ino = st.st_ino;
+    x->img_dev = img_dev, x->img_ino = img_ino;
     x->hostfd = hostfd, x->guestfd = -1;
     x->planned = planned, x->nlit = nlit, x->argv0_at = argv0_at, x->bloblen = bloblen;
     memcpy(x->blob, blob, bloblen);

@@ -181,20 +181,21 @@ class FastPath:
         n = lib.sysemu_exec_log_take(buf, EXEC_LOG)
         return [(buf[3 * i], buf[3 * i + 1], buf[3 * i + 2]) for i in range(n)]
 
-    def exec_ready(self, proc, key: tuple, hostfd: int, plan) -> None:
-        """Step 1 of an exec is made: C may make steps 2 and 3
-        (umlrun/syscalls/exec.py) with its own copy of hostfd. plan: the new
-        argv up to the guest's argv[1:] (None in it: the guest's argv[0])."""
+    def exec_ready(self, proc, prep) -> None:
+        """Step 1 of an exec is made (prep, umlrun/syscalls/exec.py PreparedExec):
+        C may make steps 2 and 3 with its own copy of its descriptor. Its plan: the
+        new argv up to the guest's argv[1:] (None in it: the guest's argv[0])."""
         if not self.stops & STOP_EXEC_FINISH:
             return
+        key, plan = prep.key, prep.plan
         literals = [a for a in plan if a is not None] if plan is not None else []
         if any(b"\0" in a for a in literals) or (plan is not None and plan.count(None) > 1):
             return
         blob = b"".join(a + b"\0" for a in literals)
         argv0_at = plan.index(None) if plan is not None and None in plan else -1
-        copy = os.dup(hostfd)
+        copy = os.dup(prep.hostfd)
         if not lib.sysemu_exec_ready(proc.tid, ffi.new("uint64_t[6]", [v & 0xFFFFFFFFFFFFFFFF for v in key]), copy,
-                                     int(plan is not None), blob, len(blob), len(literals), argv0_at):
+                                     *prep.image, int(plan is not None), blob, len(blob), len(literals), argv0_at):
             os.close(copy)
 
     def hold_stops(self, held: bool) -> None:

@@ -252,7 +252,7 @@ def _exec(k, c: Call, nr: int, dirfd: int, path_arg: int, argv: int, envp: int, 
     path = c.k.platform.read_string(c.pid, path_arg) if (path_arg or not flags & AT_EMPTY_PATH) else b""
     fd, plan, program = prepare(k, c, dirfd, path, flags)
     proc.exec_pending = PreparedExec(key, fd, plan, program, _comm(fd, path or program))
-    k.fast.exec_ready(proc, key, fd, plan)  # steps 2 and 3 may be made in the C loop
+    k.fast.exec_ready(proc, proc.exec_pending)  # steps 2 and 3 may be made in the C loop
     c.regs.orig_rax = EXEC_FD_NR
     c.regs.rip -= 2
     return None
