@@ -34,6 +34,7 @@ import time
 from resource import RLIM_INFINITY, setrlimit
 
 from umlrun.control import run_dir
+from umlrun.process import proc_status
 
 MAGIC = b"UMLRUN-RUN-1\0"
 MAX_MSG = 192 * 1024
@@ -83,22 +84,23 @@ def trusted_peer(conn: socket.socket) -> bool:
     try:
         raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 256)
         groups = set(array.array("I", raw))
-        with open(f"/proc/{pid}/status", "rb") as f:
-            status = dict(line.split(b":", 1) for line in f.read().splitlines() if b":" in line)
-        same_ns = os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+        status = proc_status(pid, b"Seccomp", b"NoNewPrivs")
+        peer = (status.get(b"NoNewPrivs"), os.readlink(f"/proc/{pid}/ns/mnt"))
     except (OSError, ValueError):
         return False
-    own = os.getgroups()
-    return (groups == set(own) and same_ns and status.get(b"Seccomp", b"").strip() == b"0"
-            and status.get(b"NoNewPrivs", b"").strip() == _own_no_new_privs())
+    return groups == set(os.getgroups()) and status.get(b"Seccomp") == b"0" and peer == own_identity()
 
 
-def _own_no_new_privs() -> bytes:
-    with open("/proc/self/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"NoNewPrivs:"):
-                return line.split(b":", 1)[1].strip()
-    return b"0"
+_own: tuple | None = None
+
+
+def own_identity() -> tuple:
+    """The server's no-new-privs flag and mount namespace: fixed for its life,
+    read once (preload), not at every request."""
+    global _own
+    if _own is None:
+        _own = (proc_status(os.getpid(), b"NoNewPrivs").get(b"NoNewPrivs"), os.readlink("/proc/self/ns/mnt"))
+    return _own
 
 
 # ---- the server -----------------------------------------------------------------------
@@ -141,6 +143,7 @@ class Server:
         from umlrun import cli
         from umlrun.syscalls import table
         cli.PARSER = cli.build_parser()
+        own_identity()
         for net in ("none", "host"):  # the filters of jails without limits
             t = table.build_table()
             net_tap.apply(t, net)
